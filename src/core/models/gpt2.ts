@@ -1,0 +1,72 @@
+import * as tf from '@tensorflow/tfjs';
+import type { Gpt2Config } from './config.js';
+import { applyLinear, makeLinear, type Linear, type LinearApply } from './linear.js';
+import type { ModelParts } from './model.js';
+import { attention, causalMask, geluErf, geluTanh, layerNorm, requireWeight, silu, splitHeads } from './ops.js';
+
+interface Gpt2Block {
+  readonly ln1: readonly [tf.Tensor, tf.Tensor];
+  readonly ln2: readonly [tf.Tensor, tf.Tensor];
+  readonly cAttn: Linear;
+  readonly attnProj: Linear;
+  readonly cFc: Linear;
+  readonly mlpProj: Linear;
+}
+
+const ACTIVATIONS: Record<Gpt2Config['activation'], (x: tf.Tensor) => tf.Tensor> = {
+  gelu_new: geluTanh,
+  gelu: geluErf,
+  relu: (x) => tf.relu(x),
+  silu,
+};
+
+export function buildGpt2(cfg: Gpt2Config, weights: ReadonlyMap<string, tf.Tensor>): ModelParts {
+  const w = (name: string): tf.Tensor => requireWeight(weights, name);
+  const conv1d = (path: string): Linear => makeLinear(path, w(`${path}.weight`), 'in_out', w(`${path}.bias`));
+  const wte = w('transformer.wte.weight');
+  const wpe = w('transformer.wpe.weight');
+  const blocks: Gpt2Block[] = [];
+  for (let i = 0; i < cfg.numLayers; i++) {
+    const p = `transformer.h.${i}`;
+    blocks.push({
+      ln1: [w(`${p}.ln_1.weight`), w(`${p}.ln_1.bias`)],
+      ln2: [w(`${p}.ln_2.weight`), w(`${p}.ln_2.bias`)],
+      cAttn: conv1d(`${p}.attn.c_attn`),
+      attnProj: conv1d(`${p}.attn.c_proj`),
+      cFc: conv1d(`${p}.mlp.c_fc`),
+      mlpProj: conv1d(`${p}.mlp.c_proj`),
+    });
+  }
+  const lnF = [w('transformer.ln_f.weight'), w('transformer.ln_f.bias')] as const;
+  // The head is [vocab, embd] either way, i.e. nn.Linear layout, whether tied to wte or not.
+  const lmHead = makeLinear('lm_head', cfg.tiedEmbeddings ? wte : w('lm_head.weight'), 'out_in', null);
+  const linears = [...blocks.flatMap((b) => [b.cAttn, b.attnProj, b.cFc, b.mlpProj]), lmHead];
+  const act = ACTIVATIONS[cfg.activation];
+  const { hiddenSize, numHeads, headDim } = cfg;
+
+  return {
+    linears,
+    forward(ids, linear) {
+      const apply = linear ?? applyLinear;
+      const [batch, seq] = ids.shape;
+      const tokens = tf.gather(wte, ids.reshape([batch * seq]));
+      const positions = tf.gather(wpe, tf.range(0, seq, 1, 'int32'));
+      let h = tf.add(tokens.reshape([batch, seq, hiddenSize]), positions).reshape([batch * seq, hiddenSize]) as tf.Tensor2D;
+      const mask = causalMask(seq, null);
+      for (let i = 0; i < blocks.length; i++) {
+        const b = blocks[i]!;
+        let scale = cfg.scaleAttnWeights ? 1 / Math.sqrt(headDim) : 1;
+        if (cfg.scaleAttnByInverseLayerIdx) scale /= i + 1;
+        const qkv = apply(b.cAttn, layerNorm(h, b.ln1[0], b.ln1[1], cfg.eps));
+        const [q, k, v] = tf.split(qkv, 3, 1) as [tf.Tensor2D, tf.Tensor2D, tf.Tensor2D];
+        const heads = (t: tf.Tensor2D) => splitHeads(t, batch, seq, numHeads, headDim);
+        const attn = attention(heads(q), heads(k), heads(v), mask, scale);
+        h = tf.add(h, apply(b.attnProj, attn));
+        const x = layerNorm(h, b.ln2[0], b.ln2[1], cfg.eps);
+        h = tf.add(h, apply(b.mlpProj, act(apply(b.cFc, x)) as tf.Tensor2D));
+      }
+      const logits = apply(lmHead, layerNorm(h, lnF[0], lnF[1], cfg.eps));
+      return logits.reshape([batch, seq, cfg.vocabSize]);
+    },
+  };
+}

@@ -1,0 +1,127 @@
+import * as tf from '@tensorflow/tfjs';
+import type { LlamaConfig } from './config.js';
+import { applyLinear, makeLinear, type Linear } from './linear.js';
+import type { ModelParts } from './model.js';
+import { attention, causalMask, requireWeight, rmsNorm, silu, splitHeads } from './ops.js';
+
+interface LlamaBlock {
+  readonly inputNorm: tf.Tensor;
+  readonly postAttnNorm: tf.Tensor;
+  readonly q: Linear;
+  readonly k: Linear;
+  readonly v: Linear;
+  readonly o: Linear;
+  readonly gate: Linear;
+  readonly up: Linear;
+  readonly down: Linear;
+}
+
+/**
+ * RoPE inverse frequencies, rounded to float32 at each step as HF computes them (in float32), so
+ * rotation angles at long positions agree with PyTorch rather than drifting by float64 precision.
+ */
+export function ropeInverseFrequencies(cfg: LlamaConfig): Float32Array {
+  const half = cfg.headDim / 2;
+  const inv = new Float32Array(half);
+  for (let i = 0; i < half; i++) {
+    const exponent = Math.fround(Math.fround(2 * i) / cfg.headDim);
+    inv[i] = 1 / Math.fround(Math.pow(cfg.ropeTheta, exponent));
+  }
+  const s = cfg.ropeScaling;
+  if (s?.type === 'linear') {
+    for (let i = 0; i < half; i++) inv[i] = inv[i]! / s.factor;
+  } else if (s?.type === 'llama3') {
+    // Llama 3.1: long wavelengths are slowed by `factor`, short ones kept, the band between blended.
+    const lowFreqWavelen = s.originalMaxPositions / s.lowFreqFactor;
+    const highFreqWavelen = s.originalMaxPositions / s.highFreqFactor;
+    for (let i = 0; i < half; i++) {
+      const f = inv[i]!;
+      const wavelen = (2 * Math.PI) / f;
+      if (wavelen > lowFreqWavelen) {
+        inv[i] = f / s.factor;
+      } else if (wavelen >= highFreqWavelen) {
+        const smooth = (s.originalMaxPositions / wavelen - s.lowFreqFactor) / (s.highFreqFactor - s.lowFreqFactor);
+        inv[i] = (1 - smooth) * (f / s.factor) + smooth * f;
+      }
+    }
+  }
+  return inv;
+}
+
+/** cos and sin tables [seq, headDim] in HF's layout: the frequencies repeated for both halves. */
+function ropeTables(inv: Float32Array, seq: number): [tf.Tensor2D, tf.Tensor2D] {
+  const half = inv.length;
+  const dim = 2 * half;
+  const cos = new Float32Array(seq * dim);
+  const sin = new Float32Array(seq * dim);
+  for (let p = 0; p < seq; p++) {
+    for (let i = 0; i < half; i++) {
+      const angle = Math.fround(p * inv[i]!);
+      const c = Math.cos(angle);
+      const s = Math.sin(angle);
+      cos[p * dim + i] = c;
+      cos[p * dim + half + i] = c;
+      sin[p * dim + i] = s;
+      sin[p * dim + half + i] = s;
+    }
+  }
+  return [tf.tensor2d(cos, [seq, dim]), tf.tensor2d(sin, [seq, dim])];
+}
+
+/** x·cos + rotate_half(x)·sin, with rotate_half(x) = [-x₂, x₁] over the two halves of headDim. */
+function applyRope(x: tf.Tensor4D, cos: tf.Tensor2D, sin: tf.Tensor2D): tf.Tensor4D {
+  const [x1, x2] = tf.split(x, 2, -1);
+  const rotated = tf.concat([tf.neg(x2!), x1!], -1);
+  return tf.add(tf.mul(x, cos), tf.mul(rotated, sin));
+}
+
+export function buildLlama(cfg: LlamaConfig, weights: ReadonlyMap<string, tf.Tensor>): ModelParts {
+  const w = (name: string): tf.Tensor => requireWeight(weights, name);
+  const linear = (path: string, hasBias: boolean): Linear =>
+    makeLinear(path, w(`${path}.weight`), 'out_in', hasBias ? w(`${path}.bias`) : null);
+  const embed = w('model.embed_tokens.weight');
+  const blocks: LlamaBlock[] = [];
+  for (let i = 0; i < cfg.numLayers; i++) {
+    const p = `model.layers.${i}`;
+    blocks.push({
+      inputNorm: w(`${p}.input_layernorm.weight`),
+      postAttnNorm: w(`${p}.post_attention_layernorm.weight`),
+      q: linear(`${p}.self_attn.q_proj`, cfg.attentionBias),
+      k: linear(`${p}.self_attn.k_proj`, cfg.attentionBias),
+      v: linear(`${p}.self_attn.v_proj`, cfg.attentionBias),
+      o: linear(`${p}.self_attn.o_proj`, cfg.attentionOutputBias),
+      gate: linear(`${p}.mlp.gate_proj`, cfg.mlpBias),
+      up: linear(`${p}.mlp.up_proj`, cfg.mlpBias),
+      down: linear(`${p}.mlp.down_proj`, cfg.mlpBias),
+    });
+  }
+  const finalNorm = w('model.norm.weight');
+  const lmHead = makeLinear('lm_head', cfg.tiedEmbeddings ? embed : w('lm_head.weight'), 'out_in', null);
+  const linears = [...blocks.flatMap((b) => [b.q, b.k, b.v, b.o, b.gate, b.up, b.down]), lmHead];
+  const invFreq = ropeInverseFrequencies(cfg);
+  const { numHeads, numKvHeads, headDim, eps } = cfg;
+  const scale = 1 / Math.sqrt(headDim);
+
+  return {
+    linears,
+    forward(ids, linearOverride) {
+      const apply = linearOverride ?? applyLinear;
+      const [batch, seq] = ids.shape;
+      let h = tf.gather(embed, ids.reshape([batch * seq])) as tf.Tensor2D;
+      const [cos, sin] = ropeTables(invFreq, seq);
+      const mask = causalMask(seq, cfg.slidingWindow);
+      for (const b of blocks) {
+        const x = rmsNorm(h, b.inputNorm, eps);
+        const q = applyRope(splitHeads(apply(b.q, x), batch, seq, numHeads, headDim), cos, sin);
+        const k = applyRope(splitHeads(apply(b.k, x), batch, seq, numKvHeads, headDim), cos, sin);
+        const v = splitHeads(apply(b.v, x), batch, seq, numKvHeads, headDim);
+        h = tf.add(h, apply(b.o, attention(q, k, v, mask, scale)));
+        const y = rmsNorm(h, b.postAttnNorm, eps);
+        const gated = tf.mul(silu(apply(b.gate, y)), apply(b.up, y)) as tf.Tensor2D;
+        h = tf.add(h, apply(b.down, gated));
+      }
+      const logits = apply(lmHead, rmsNorm(h, finalNorm, eps));
+      return logits.reshape([batch, seq, cfg.vocabSize]);
+    },
+  };
+}

@@ -1,0 +1,191 @@
+import { UserError } from '../core/errors';
+import { parseModelConfigText } from '../core/models/config';
+import { canonicalTensorName, checkTensors, parameterCount } from '../core/models/manifest';
+import { loadTokenizer } from '../core/data/tokenizer';
+import { readHeader, type ByteSource, type TensorEntry } from '../core/safetensors';
+import type { LoraLabDb, StoredModel, StoredTensorInfo } from './db';
+import { deleteModel } from './models';
+
+/** Tensors are stored in slices of at most this size, so no huge tensor is held twice in memory. */
+export const CHUNK_BYTES = 16 * 1024 * 1024;
+
+export interface ImportProgress {
+  readonly doneBytes: number;
+  readonly totalBytes: number;
+}
+
+export interface ImportOptions {
+  readonly name: string;
+  readonly onProgress?: (p: ImportProgress) => void;
+  readonly signal?: AbortSignal;
+  /** Bytes the origin may still store; checked before anything is written. */
+  readonly freeBytes?: number;
+}
+
+interface PlannedTensor {
+  readonly source: ByteSource;
+  readonly entry: TensorEntry;
+  readonly info: StoredTensorInfo;
+}
+
+/**
+ * Imports a Hugging Face model folder into IndexedDB. Everything that can be checked without
+ * storing is checked first (config, tokenizer, every safetensors header against config.json);
+ * then the weights stream in slice by slice. On any failure — a bad file, a full disk, a cancel —
+ * what was written is deleted again, so a model is either fully there or not at all.
+ */
+export async function importModel(db: LoraLabDb, files: readonly ByteSource[], options: ImportOptions): Promise<StoredModel> {
+  const byName = new Map(files.map((f) => [baseName(f.name), f]));
+  const configFile = required(byName, 'config.json');
+  const tokenizerFile = required(byName, 'tokenizer.json');
+  const configText = await readText(configFile);
+  const tokenizerText = await readText(tokenizerFile);
+  const tokenizerConfigFile = byName.get('tokenizer_config.json');
+  const tokenizerConfigText = tokenizerConfigFile ? await readText(tokenizerConfigFile) : null;
+
+  const config = parseModelConfigText(configText);
+  const tokenizer = loadTokenizer(tokenizerText, tokenizerConfigText);
+  if (tokenizer.vocabSize > config.vocabSize) {
+    throw new UserError('tokenizer.json', `produces ids up to ${tokenizer.vocabSize - 1}, but config.json says the model has only ${config.vocabSize} embeddings.`, 'Use the tokenizer that belongs to this model.');
+  }
+
+  const plan = await planTensors(config, byName);
+  const totalBytes = plan.reduce((sum, t) => sum + t.info.byteLength, 0);
+  if (options.freeBytes !== undefined && totalBytes > options.freeBytes) {
+    throw storageFull(totalBytes, options.freeBytes);
+  }
+
+  const model: StoredModel = {
+    id: crypto.randomUUID(),
+    name: options.name,
+    status: 'importing',
+    arch: config.arch,
+    parameterCount: parameterCount(config),
+    sizeBytes: totalBytes,
+    importedAt: Date.now(),
+    files: { config: configText, tokenizer: tokenizerText, tokenizerConfig: tokenizerConfigText },
+    tensors: plan.map((t) => t.info),
+  };
+
+  await db.put('models', model);
+  try {
+    let doneBytes = 0;
+    options.onProgress?.({ doneBytes, totalBytes });
+    for (const { source, entry, info } of plan) {
+      for (let index = 0; index < info.chunkCount; index++) {
+        options.signal?.throwIfAborted();
+        const begin = entry.begin + index * CHUNK_BYTES;
+        const end = Math.min(entry.end, begin + CHUNK_BYTES);
+        const bytes = await source.read(begin, end);
+        if (bytes.byteLength !== end - begin) {
+          throw new UserError(source.name, `ended early while reading tensor ${entry.name}: the file is truncated.`);
+        }
+        await db.put('tensors', { modelId: model.id, tensor: info.name, index, bytes: ownedBuffer(bytes) });
+        doneBytes += bytes.byteLength;
+        options.onProgress?.({ doneBytes, totalBytes });
+      }
+    }
+    const ready: StoredModel = { ...model, status: 'ready' };
+    await db.put('models', ready);
+    return ready;
+  } catch (e) {
+    await deleteModel(db, model.id);
+    if (isQuotaError(e)) throw storageFull(totalBytes, options.freeBytes);
+    throw e;
+  }
+}
+
+async function planTensors(config: ReturnType<typeof parseModelConfigText>, byName: Map<string, ByteSource>): Promise<PlannedTensor[]> {
+  const shards = await shardFiles(byName);
+  const plan: PlannedTensor[] = [];
+  const seen = new Map<string, string>();
+  for (const source of shards) {
+    const header = await readHeader(source);
+    for (const entry of header.tensors) {
+      const name = canonicalTensorName(config, entry.name);
+      if (name === null) continue;
+      const earlier = seen.get(name);
+      if (earlier !== undefined) {
+        throw new UserError(source.name, `holds tensor ${entry.name}, which ${earlier} holds already.`, 'Import each shard once, and only the shards of one model.');
+      }
+      seen.set(name, source.name);
+      const byteLength = entry.end - entry.begin;
+      plan.push({
+        source,
+        entry,
+        info: { name, dtype: entry.dtype, shape: entry.shape, byteLength, chunkCount: Math.max(1, Math.ceil(byteLength / CHUNK_BYTES)) },
+      });
+    }
+  }
+  checkTensors(config, plan.map((t) => ({ name: t.info.name, shape: t.info.shape, file: t.source.name })));
+  return plan;
+}
+
+/** The safetensors files to read: the index's shards when there is an index, else every .safetensors given. */
+async function shardFiles(byName: Map<string, ByteSource>): Promise<ByteSource[]> {
+  const indexFile = byName.get('model.safetensors.index.json');
+  const given = [...byName.values()].filter((f) => f.name.endsWith('.safetensors'));
+  if (!indexFile) {
+    if (given.length === 0) {
+      throw new UserError('model folder', 'has no .safetensors weights.', 'Choose the whole Hugging Face model folder (config.json, model.safetensors, tokenizer.json). PyTorch .bin weights are not supported.');
+    }
+    if (given.length > 1 && !byName.has('model.safetensors')) {
+      // Shards without their index would still import, but naming the gap is kinder than guessing.
+      throw new UserError('model.safetensors.index.json', 'is missing: the weights are split into several files.', 'Include the index file that came with the shards.');
+    }
+    return byName.has('model.safetensors') ? [byName.get('model.safetensors')!] : given;
+  }
+  let index: unknown;
+  try {
+    index = JSON.parse(await readText(indexFile));
+  } catch (e) {
+    throw new UserError(indexFile.name, `is not valid JSON (${(e as Error).message}).`);
+  }
+  const weightMap = (index as { weight_map?: unknown } | null)?.weight_map;
+  if (typeof weightMap !== 'object' || weightMap === null) {
+    throw new UserError(indexFile.name, 'has no "weight_map" object.');
+  }
+  const shardNames = [...new Set(Object.values(weightMap as Record<string, unknown>).map(String))].sort();
+  return shardNames.map((name) => {
+    const shard = byName.get(name);
+    if (!shard) throw new UserError(name, `is listed in ${indexFile.name} but was not among the chosen files.`, 'Choose the whole model folder.');
+    return shard;
+  });
+}
+
+function required(byName: Map<string, ByteSource>, name: string): ByteSource {
+  const file = byName.get(name);
+  if (!file) throw new UserError(name, 'is missing from the model folder.', 'Choose the whole Hugging Face model folder (config.json, model.safetensors, tokenizer.json).');
+  return file;
+}
+
+async function readText(source: ByteSource): Promise<string> {
+  try {
+    return new TextDecoder('utf-8', { fatal: true }).decode(await source.read(0, source.size));
+  } catch {
+    throw new UserError(source.name, 'is not UTF-8 text.');
+  }
+}
+
+function baseName(path: string): string {
+  return path.slice(path.lastIndexOf('/') + 1);
+}
+
+/** IndexedDB may keep a reference to what it is given: hand it an ArrayBuffer of exactly these bytes. */
+function ownedBuffer(bytes: Uint8Array): ArrayBuffer {
+  if (bytes.byteOffset === 0 && bytes.byteLength === bytes.buffer.byteLength && bytes.buffer instanceof ArrayBuffer) return bytes.buffer;
+  return bytes.slice().buffer as ArrayBuffer;
+}
+
+function isQuotaError(e: unknown): boolean {
+  return e instanceof DOMException && e.name === 'QuotaExceededError';
+}
+
+function storageFull(needed: number, free: number | undefined): UserError {
+  const mb = (n: number) => `${(n / 1e6).toFixed(1)} MB`;
+  return new UserError(
+    'browser storage',
+    `is full: the model needs ${mb(needed)}${free !== undefined ? ` and only ${mb(Math.max(0, free))} is free` : ''}. Nothing was kept.`,
+    'Delete models or runs you no longer need, then import again.',
+  );
+}

@@ -1,0 +1,110 @@
+/// <reference lib="webworker" />
+import * as tf from '@tensorflow/tfjs';
+import { isUserError } from '../core/errors';
+import { generate, nextTokenDistribution } from '../core/models/generate';
+import { blobSource } from '../core/safetensors';
+import { openDatabase } from '../storage/db';
+import { importModel } from '../storage/import-model';
+import { sweepUnfinishedImports } from '../storage/models';
+import { selectBackend } from './backend';
+import { useModel } from './loaded-model';
+import type { ErrorDetail, Progress, Request, RequestName, Requests, Response, ToWorker } from './protocol';
+
+declare const self: DedicatedWorkerGlobalScope;
+
+interface Context {
+  readonly signal: AbortSignal;
+  progress(p: Progress): void;
+}
+
+type Handler<K extends RequestName> = (payload: Requests[K]['payload'], ctx: Context) => Promise<Requests[K]['result']>;
+
+const handlers: { [K in RequestName]: Handler<K> } = {
+  async init({ backend }) {
+    const info = await selectBackend(backend);
+    await sweepUnfinishedImports(await openDatabase());
+    return info;
+  },
+
+  async importModel({ name, files }, ctx) {
+    const db = await openDatabase();
+    const estimate = await navigator.storage?.estimate?.();
+    const freeBytes = estimate?.quota !== undefined ? estimate.quota - (estimate.usage ?? 0) : undefined;
+    const model = await importModel(db, files.map((f) => blobSource(f, f.webkitRelativePath || f.name)), {
+      name,
+      freeBytes,
+      signal: ctx.signal,
+      onProgress: ({ doneBytes, totalBytes }) => ctx.progress({ phase: 'Storing weights', done: doneBytes, total: totalBytes, unit: 'bytes' }),
+    });
+    return { modelId: model.id };
+  },
+
+  async predict({ modelId, prompt, topK, maxNewTokens, temperature, seed }, ctx) {
+    const { model, tokenizer } = await loadModel(modelId, ctx);
+    const ids = tokenizer.encode(prompt);
+    if (ids.length === 0 && tokenizer.eosId !== null) ids.push(tokenizer.eosId);
+    if (ids.length === 0) throw new Error('Type a prompt first.');
+    const next = (await nextTokenDistribution(model, ids, topK)).map(({ id, prob }) => ({ id, prob, text: tokenizer.tokenText(id) }));
+    const continuation = tokenizer.decode(await generate(model, ids, { maxNewTokens, temperature, seed }));
+    return { promptTokens: ids.length, next, continuation };
+  },
+
+  async logits({ modelId, tokens }, ctx) {
+    const { model } = await loadModel(modelId, ctx);
+    const logits = tf.tidy(() => model.forward(tf.tensor2d(tokens, [1, tokens.length], 'int32')));
+    const values = (await logits.data()) as Float32Array;
+    logits.dispose();
+    return { logits: values, vocabSize: model.config.vocabSize };
+  },
+};
+
+function loadModel(modelId: string, ctx: Context) {
+  return openDatabase().then((db) =>
+    useModel(db, modelId, (done, total) => ctx.progress({ phase: 'Loading weights', done, total, unit: 'bytes' })),
+  );
+}
+
+const running = new Map<number, AbortController>();
+
+self.onmessage = async (event: MessageEvent<ToWorker>) => {
+  const message = event.data;
+  if (message.type === 'cancel') {
+    running.get(message.id)?.abort(new DOMException('Cancelled', 'AbortError'));
+    return;
+  }
+  await serve(message);
+};
+
+async function serve(request: Request): Promise<void> {
+  const controller = new AbortController();
+  running.set(request.id, controller);
+  const ctx: Context = {
+    signal: controller.signal,
+    progress: (progress) => post({ id: request.id, type: 'progress', progress }),
+  };
+  try {
+    const handler = handlers[request.type] as Handler<typeof request.type>;
+    const result = await handler(request.payload as never, ctx);
+    post({ id: request.id, type: 'result', result }, transferablesOf(result));
+  } catch (e) {
+    post({ id: request.id, type: 'error', error: describe(e) });
+  } finally {
+    running.delete(request.id);
+  }
+}
+
+function post(message: Response, transfer: Transferable[] = []): void {
+  self.postMessage(message, transfer);
+}
+
+function transferablesOf(result: unknown): Transferable[] {
+  if (typeof result !== 'object' || result === null) return [];
+  return Object.values(result).flatMap((v) => (ArrayBuffer.isView(v) ? [v.buffer as ArrayBuffer] : []));
+}
+
+function describe(e: unknown): ErrorDetail {
+  if (isUserError(e)) return { message: e.message, subject: e.subject, fix: e.fix, userError: true };
+  if (e instanceof DOMException && e.name === 'AbortError') return { message: 'Cancelled.', userError: true };
+  const error = e instanceof Error ? e : new Error(String(e));
+  return { message: error.message, userError: false };
+}

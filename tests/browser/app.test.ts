@@ -1,0 +1,107 @@
+import { afterAll, beforeAll, describe, expect, inject, test } from 'vitest';
+import type { Page } from 'playwright-core';
+import { foreignRequests, openBrowser, type BrowserSession } from './harness';
+import { MODELS_DIR, expectedOutputs, maxAbsDiff } from './support/fixtures';
+
+let browser: BrowserSession;
+let page: Page;
+const appUrl = inject('appUrl');
+
+beforeAll(async () => {
+  browser = await openBrowser();
+  page = browser.page;
+  await page.goto(appUrl);
+});
+afterAll(async () => browser?.close());
+
+async function backendShown(name: string): Promise<void> {
+  await page.locator(`[data-testid=backend] .badge[data-backend=${name}]`).waitFor({ timeout: 60_000 });
+}
+
+async function importFolder(folder: string): Promise<string> {
+  await page.locator('[data-testid=model-folder-input]').setInputFiles(`${MODELS_DIR}${folder}`);
+  const entry = page.getByRole('radio', { name: new RegExp(`^${folder}\\b`) });
+  await entry.waitFor({ timeout: 60_000 });
+  return entry.inputValue();
+}
+
+async function logitsInWorker(modelId: string, tokens: number[]): Promise<number[]> {
+  return page.evaluate(
+    async ({ modelId, tokens }) => {
+      await window.loraLab!.ready;
+      const { logits } = await window.loraLab!.call('logits', { modelId, tokens });
+      return Array.from(logits);
+    },
+    { modelId, tokens },
+  );
+}
+
+describe('the app in headless Chromium', () => {
+  test('starts on the WebAssembly backend on a software-only GPU and says why', async () => {
+    await backendShown('wasm');
+    await expect(page.getByTestId('backend').textContent()).resolves.toMatch(/software GPU \(swiftshader\)/);
+  });
+
+  test('imports GPT-2 and Llama folders into IndexedDB; the worker forward on WebGPU matches PyTorch', async () => {
+    await page.getByLabel('Backend').selectOption('webgpu');
+    await backendShown('webgpu');
+    await expect(page.getByTestId('backend').textContent()).resolves.toMatch(/max buffer/);
+    for (const model of ['tiny-gpt2', 'tiny-llama']) {
+      const id = await importFolder(model);
+      const expected = expectedOutputs(model);
+      const logits = await logitsInWorker(id, expected.tokens);
+      expect(logits.length).toBe(expected.tokens.length * expected.logits_base[0]!.length);
+      expect(maxAbsDiff(logits, expected.logits_base)).toBeLessThan(1e-4);
+    }
+  });
+
+  test('a corrupt model is refused with a message naming the file, and nothing is stored', async () => {
+    const before = await page.getByRole('radio').count();
+    await page.locator('[data-testid=model-files-input]').setInputFiles([
+      { name: 'config.json', mimeType: 'application/json', buffer: Buffer.from('{"model_type": "gpt2", ') },
+      { name: 'model.safetensors', mimeType: 'application/octet-stream', buffer: Buffer.alloc(16) },
+      { name: 'tokenizer.json', mimeType: 'application/json', buffer: Buffer.from('{}') },
+    ]);
+    await expect(page.getByRole('alert').filter({ hasText: 'config.json' }).textContent()).resolves.toMatch(/config\.json.*JSON/);
+    expect(await page.getByRole('radio').count()).toBe(before);
+  });
+
+  test('after a reload the models are still listed and the Playground runs one', async () => {
+    await page.reload();
+    await backendShown('webgpu');
+    await page.getByRole('radio', { name: /^tiny-gpt2\b/ }).check();
+    const expected = expectedOutputs('tiny-gpt2');
+    await page.getByLabel(/Prompt for/).fill(expected.text);
+    await page.getByLabel('New tokens').fill('5');
+    await page.getByRole('button', { name: 'Run' }).click();
+    const result = page.getByTestId('playground-result');
+    await result.waitFor({ timeout: 60_000 });
+    // The most likely next token after the text is the argmax of the reference's last row.
+    const last = expected.logits_base.at(-1)!;
+    const argmax = last.indexOf(Math.max(...last));
+    const shown = String.fromCharCode(argmax).replace(/ /g, '␣');
+    await expect(result.locator('.distribution li code').first().textContent()).resolves.toBe(shown);
+  });
+
+  test('offline after one visit: the app loads from the service worker and runs a stored model', async () => {
+    // Precaching has finished once the service worker is active and controls the page.
+    await page.waitForFunction(async () => (await navigator.serviceWorker.ready).active !== null && navigator.serviceWorker.controller !== null, null, {
+      timeout: 60_000,
+    });
+    await browser.context.setOffline(true);
+    try {
+      await page.reload();
+      await backendShown('webgpu');
+      const id = await page.getByRole('radio', { name: /^tiny-llama\b/ }).inputValue();
+      const expected = expectedOutputs('tiny-llama');
+      expect(maxAbsDiff(await logitsInWorker(id, expected.tokens), expected.logits_base)).toBeLessThan(1e-4);
+    } finally {
+      await browser.context.setOffline(false);
+    }
+  });
+
+  test('the app requested nothing outside its origin and logged no errors', () => {
+    expect(foreignRequests(browser.requests, new URL(appUrl).origin)).toEqual([]);
+    expect(browser.errors).toEqual([]);
+  });
+});

@@ -1,0 +1,37 @@
+import type { TestProject } from 'vitest/node';
+import { execFileSync } from 'node:child_process';
+import { createServer, preview, type PreviewServer, type ViteDevServer } from 'vite';
+
+declare module 'vitest' {
+  export interface ProvidedContext {
+    /** The production build (with its service worker), as a person gets it. */
+    appUrl: string;
+    /** The Vite dev server: lets a test page import any module of src/ directly. */
+    devUrl: string;
+  }
+}
+
+let built: PreviewServer | undefined;
+let dev: ViteDevServer | undefined;
+
+export async function setup(project: TestProject): Promise<void> {
+  const root = new URL('../..', import.meta.url).pathname;
+  // A production build in its own process: inside vitest NODE_ENV is "test", which would build a
+  // development bundle (no service worker registration) — not what a person gets.
+  execFileSync('npx', ['vite', 'build', '--logLevel', 'warn'], { cwd: root, stdio: 'inherit', env: { ...process.env, NODE_ENV: 'production' } });
+  built = await preview({ root, preview: { host: '127.0.0.1', port: 0, strictPort: false }, logLevel: 'warn' });
+  dev = await createServer({ root, server: { host: '127.0.0.1', port: 0 }, logLevel: 'warn' });
+  await dev.listen();
+  project.provide('appUrl', urlOf(built.resolvedUrls?.local[0]));
+  project.provide('devUrl', urlOf(dev.resolvedUrls?.local[0]));
+}
+
+export async function teardown(): Promise<void> {
+  await dev?.close();
+  await new Promise<void>((resolve) => (built ? built.httpServer.close(() => resolve()) : resolve()));
+}
+
+function urlOf(url: string | undefined): string {
+  if (!url) throw new Error('the test server did not report its address');
+  return url.replace(/\/$/, '');
+}

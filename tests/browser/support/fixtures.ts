@@ -1,0 +1,24 @@
+import { readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+
+/** ../shared/fixtures/models, read in place (never copied into the repo). */
+export const MODELS_DIR = fileURLToPath(new URL('../../../../shared/fixtures/models/', import.meta.url));
+
+export interface ExpectedOutputs {
+  readonly text: string;
+  readonly tokens: number[];
+  readonly logits_base: number[][];
+  readonly logits_with_adapter?: number[][];
+  readonly loss_base?: number;
+}
+
+export function expectedOutputs(model: string): ExpectedOutputs {
+  return JSON.parse(readFileSync(`${MODELS_DIR}${model}.expected.json`, 'utf8')) as ExpectedOutputs;
+}
+
+export function maxAbsDiff(actual: ArrayLike<number>, expected: readonly number[][]): number {
+  const width = expected[0]!.length;
+  let max = 0;
+  expected.forEach((row, i) => row.forEach((v, j) => (max = Math.max(max, Math.abs(actual[i * width + j]! - v)))));
+  return max;
+}
