@@ -1,3 +1,4 @@
+import { mkdirSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, inject, test } from 'vitest';
 import type { Page } from 'playwright-core';
 import { foreignRequests, openBrowser, type BrowserSession } from './harness';
@@ -23,6 +24,22 @@ async function importFolder(folder: string): Promise<string> {
   const entry = page.getByRole('radio', { name: new RegExp(`^${folder}\\b`) });
   await entry.waitFor({ timeout: 60_000 });
   return entry.inputValue();
+}
+
+/** Decodes a PNG with the browser's own decoder and returns the RGBA of one pixel. */
+async function pixelAt(png: Buffer, x: number, y: number): Promise<number[]> {
+  return page.evaluate(
+    async ({ dataUrl, x, y }) => {
+      const image = new Image();
+      image.src = dataUrl;
+      await image.decode();
+      const canvas = new OffscreenCanvas(image.width, image.height);
+      const context = canvas.getContext('2d')!;
+      context.drawImage(image, 0, 0);
+      return Array.from(context.getImageData(Math.round(x), Math.round(y), 1, 1).data);
+    },
+    { dataUrl: `data:image/png;base64,${png.toString('base64')}`, x, y },
+  );
 }
 
 async function logitsInWorker(modelId: string, tokens: number[]): Promise<number[]> {
@@ -81,6 +98,25 @@ describe('the app in headless Chromium', () => {
     const argmax = last.indexOf(Math.max(...last));
     const shown = String.fromCharCode(argmax).replace(/ /g, '␣');
     await expect(result.locator('.distribution li code').first().textContent()).resolves.toBe(shown);
+  });
+
+  test('the main screen: steps left to right, readable, nothing overflowing (screenshot saved)', async () => {
+    const result = page.getByTestId('playground-result');
+    await result.waitFor();
+    mkdirSync('test-results', { recursive: true });
+    const png = await page.screenshot({ path: 'test-results/main-screen.png', fullPage: true });
+    expect(png.byteLength).toBeGreaterThan(10_000);
+    const model = (await page.getByRole('region', { name: /Model/ }).first().boundingBox())!;
+    const tryIt = (await page.locator('section[aria-labelledby=step-try]').boundingBox())!;
+    expect(tryIt.x).toBeGreaterThan(model.x + model.width - 1); // step 2 sits right of step 1 at 1280 px
+    expect(Math.abs(tryIt.y - model.y)).toBeLessThan(2);
+    const overflow = await page.evaluate(() => document.documentElement.scrollWidth - document.documentElement.clientWidth);
+    expect(overflow).toBe(0);
+    // The step badge really is painted in the accent colour: read the screenshot's own pixels.
+    const badge = (await page.locator('#step-model .step').boundingBox())!;
+    const accent = await page.evaluate(() => getComputedStyle(document.querySelector('#step-model .step')!).backgroundColor);
+    const [r, g, b] = await pixelAt(png, badge.x + badge.width / 2, badge.y + 3);
+    expect(`rgb(${r}, ${g}, ${b})`).toBe(accent);
   });
 
   test('offline after one visit: the app loads from the service worker and runs a stored model', async () => {

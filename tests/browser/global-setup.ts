@@ -1,5 +1,8 @@
 import type { TestProject } from 'vitest/node';
 import { execFileSync } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { createServer, preview, type PreviewServer, type ViteDevServer } from 'vite';
 
 declare module 'vitest' {
@@ -13,13 +16,20 @@ declare module 'vitest' {
 
 let built: PreviewServer | undefined;
 let dev: ViteDevServer | undefined;
+let outDir: string | undefined;
 
 export async function setup(project: TestProject): Promise<void> {
   const root = new URL('../..', import.meta.url).pathname;
   // A production build in its own process: inside vitest NODE_ENV is "test", which would build a
   // development bundle (no service worker registration) — not what a person gets.
-  execFileSync('npx', ['vite', 'build', '--logLevel', 'warn'], { cwd: root, stdio: 'inherit', env: { ...process.env, NODE_ENV: 'production' } });
-  built = await preview({ root, preview: { host: '127.0.0.1', port: 0, strictPort: false }, logLevel: 'warn' });
+  // Each run builds into its own folder, so two test runs never serve each other's half-written build.
+  outDir = mkdtempSync(join(tmpdir(), 'lora-lab-build-'));
+  execFileSync('npx', ['vite', 'build', '--logLevel', 'warn', '--outDir', outDir, '--emptyOutDir'], {
+    cwd: root,
+    stdio: 'inherit',
+    env: { ...process.env, NODE_ENV: 'production' },
+  });
+  built = await preview({ root, build: { outDir }, preview: { host: '127.0.0.1', port: 0, strictPort: false }, logLevel: 'warn' });
   dev = await createServer({ root, server: { host: '127.0.0.1', port: 0 }, logLevel: 'warn' });
   await dev.listen();
   project.provide('appUrl', urlOf(built.resolvedUrls?.local[0]));
@@ -29,6 +39,7 @@ export async function setup(project: TestProject): Promise<void> {
 export async function teardown(): Promise<void> {
   await dev?.close();
   await new Promise<void>((resolve) => (built ? built.httpServer.close(() => resolve()) : resolve()));
+  if (outDir) rmSync(outDir, { recursive: true, force: true });
 }
 
 function urlOf(url: string | undefined): string {
