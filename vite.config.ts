@@ -40,6 +40,8 @@ export default defineConfig({
     }),
   ],
   worker: { format: 'es' },
+  // Pre-bundled up front so the dev server never re-optimizes (and reloads the page) mid-test.
+  optimizeDeps: { include: ['@tensorflow/tfjs', '@tensorflow/tfjs-backend-webgpu', '@tensorflow/tfjs-backend-wasm', 'uplot', 'idb', 'yaml', 'valibot', 'fflate', '@huggingface/tokenizers', '@huggingface/jinja', 'workbox-window'] },
   build: { target: 'es2022', chunkSizeWarningLimit: 4096 },
   server: { host: '127.0.0.1' },
   preview: { host: '127.0.0.1' },

@@ -1,4 +1,6 @@
 import { openDB, type DBSchema, type IDBPDatabase } from 'idb';
+import type { RunConfig } from '../core/config';
+import type { Finding } from '../core/diagnose';
 import type { Dtype } from '../core/safetensors';
 
 /** A base model as the library lists it. Its weights live in the `tensors` store. */
@@ -37,13 +39,70 @@ export interface TensorChunk {
   readonly bytes: ArrayBuffer;
 }
 
+export type RunStatus = 'running' | 'paused' | 'completed' | 'stopped' | 'diverged' | 'failed';
+
+/** One training run: its resolved config and where it stands. Curves, logs and files are stored beside it. */
+export interface StoredRun {
+  readonly id: string;
+  /** The last component of output_dir, e.g. `lr_1e-4`. */
+  readonly name: string;
+  readonly modelId: string;
+  readonly modelName: string;
+  readonly config: RunConfig;
+  readonly status: RunStatus;
+  readonly createdAt: number;
+  readonly updatedAt: number;
+  readonly backend: string;
+  readonly step: number;
+  readonly totalSteps: number;
+  readonly bestEvalLoss: number | null;
+  /** The latest diagnosis of the curves. */
+  readonly findings: readonly Finding[];
+  /** The TensorBoard event file's name; null when log_steps is 0 (no file is written). */
+  readonly logFile: string | null;
+  /** Why a failed run failed. */
+  readonly error: string | null;
+}
+
+/** One row of a run's curves (one per optimizer step; eval rows carry evalLoss). */
+export interface MetricRow {
+  readonly runId: string;
+  readonly step: number;
+  readonly epoch: number;
+  readonly loss: number | null;
+  readonly learningRate: number | null;
+  readonly gradNorm: number | null;
+  readonly tokensPerSecond: number | null;
+  readonly evalLoss: number | null;
+  /** Metrics added by custom callbacks, by name. */
+  readonly custom: Readonly<Record<string, number>>;
+}
+
+/** A slice of a run's TensorBoard event file, appended as the log grows. */
+export interface LogChunk {
+  readonly runId: string;
+  readonly index: number;
+  readonly bytes: ArrayBuffer;
+}
+
+/** A file a run produced (adapter, checkpoints, config.yaml, …) under its path in the export. */
+export interface RunArtifact {
+  readonly runId: string;
+  readonly path: string;
+  readonly bytes: ArrayBuffer;
+}
+
 export interface LoraLabSchema extends DBSchema {
   models: { key: string; value: StoredModel };
   tensors: { key: [string, string, number]; value: TensorChunk; indexes: { byModel: string } };
+  runs: { key: string; value: StoredRun };
+  metrics: { key: [string, number]; value: MetricRow };
+  logs: { key: [string, number]; value: LogChunk };
+  artifacts: { key: [string, string]; value: RunArtifact };
 }
 
 export const DB_NAME = 'lora-lab';
-const DB_VERSION = 1;
+const DB_VERSION = 2;
 
 export type LoraLabDb = IDBPDatabase<LoraLabSchema>;
 
@@ -51,19 +110,49 @@ let opened: Promise<LoraLabDb> | undefined;
 
 /** The one database of the app (page and worker each hold a connection). Migrations go by version. */
 export function openDatabase(): Promise<LoraLabDb> {
-  opened ??= openDB<LoraLabSchema>(DB_NAME, DB_VERSION, {
+  if (opened) return opened;
+  const opening = openDB<LoraLabSchema>(DB_NAME, DB_VERSION, {
     upgrade(db, oldVersion) {
       if (oldVersion < 1) {
         db.createObjectStore('models', { keyPath: 'id' });
         const tensors = db.createObjectStore('tensors', { keyPath: ['modelId', 'tensor', 'index'] });
         tensors.createIndex('byModel', 'modelId');
       }
+      if (oldVersion < 2) {
+        db.createObjectStore('runs', { keyPath: 'id' });
+        db.createObjectStore('metrics', { keyPath: ['runId', 'step'] });
+        db.createObjectStore('logs', { keyPath: ['runId', 'index'] });
+        db.createObjectStore('artifacts', { keyPath: ['runId', 'path'] });
+      }
     },
     blocking() {
       // A newer version of the app wants to migrate: let it, rather than wedging both tabs.
-      void opened?.then((db) => db.close());
-      opened = undefined;
+      void closeDatabase();
+    },
+    terminated() {
+      // The browser dropped the connection (storage cleared, disk error): the next caller opens a fresh one.
+      if (opened === opening) opened = undefined;
     },
   });
-  return opened;
+  // A failed open (blocked upgrade, storage disabled) must not be cached, or every later call fails the same way.
+  opening.catch(() => {
+    if (opened === opening) opened = undefined;
+  });
+  opened = opening;
+  return opening;
+}
+
+/**
+ * Closes the cached connection and forgets it, so the next openDatabase() opens a new one. For tests (a fresh
+ * database per test) and for the app before deleting the whole database.
+ */
+export async function closeDatabase(): Promise<void> {
+  const current = opened;
+  opened = undefined;
+  if (!current) return;
+  try {
+    (await current).close();
+  } catch {
+    // The open itself failed: there is no connection to close.
+  }
 }

@@ -20,6 +20,8 @@ export interface ImportOptions {
   readonly signal?: AbortSignal;
   /** Bytes the origin may still store; checked before anything is written. */
   readonly freeBytes?: number;
+  /** Slice size in bytes; defaults to CHUNK_BYTES. Tests set it small to split every tensor into many slices. */
+  readonly chunkBytes?: number;
 }
 
 interface PlannedTensor {
@@ -35,6 +37,10 @@ interface PlannedTensor {
  * what was written is deleted again, so a model is either fully there or not at all.
  */
 export async function importModel(db: LoraLabDb, files: readonly ByteSource[], options: ImportOptions): Promise<StoredModel> {
+  const chunkBytes = options.chunkBytes ?? CHUNK_BYTES;
+  if (!Number.isSafeInteger(chunkBytes) || chunkBytes <= 0) {
+    throw new RangeError(`importModel: chunkBytes must be a positive integer, not ${chunkBytes}`);
+  }
   const byName = new Map(files.map((f) => [baseName(f.name), f]));
   const configFile = required(byName, 'config.json');
   const tokenizerFile = required(byName, 'tokenizer.json');
@@ -49,7 +55,7 @@ export async function importModel(db: LoraLabDb, files: readonly ByteSource[], o
     throw new UserError('tokenizer.json', `produces ids up to ${tokenizer.vocabSize - 1}, but config.json says the model has only ${config.vocabSize} embeddings.`, 'Use the tokenizer that belongs to this model.');
   }
 
-  const plan = await planTensors(config, byName);
+  const plan = await planTensors(config, byName, chunkBytes);
   const totalBytes = plan.reduce((sum, t) => sum + t.info.byteLength, 0);
   if (options.freeBytes !== undefined && totalBytes > options.freeBytes) {
     throw storageFull(totalBytes, options.freeBytes);
@@ -67,15 +73,16 @@ export async function importModel(db: LoraLabDb, files: readonly ByteSource[], o
     tensors: plan.map((t) => t.info),
   };
 
-  await db.put('models', model);
   try {
+    // Inside the try: a full disk can refuse even this first small record, and must read as "storage full" too.
+    await db.put('models', model);
     let doneBytes = 0;
     options.onProgress?.({ doneBytes, totalBytes });
     for (const { source, entry, info } of plan) {
       for (let index = 0; index < info.chunkCount; index++) {
         options.signal?.throwIfAborted();
-        const begin = entry.begin + index * CHUNK_BYTES;
-        const end = Math.min(entry.end, begin + CHUNK_BYTES);
+        const begin = entry.begin + index * chunkBytes;
+        const end = Math.min(entry.end, begin + chunkBytes);
         const bytes = await source.read(begin, end);
         if (bytes.byteLength !== end - begin) {
           throw new UserError(source.name, `ended early while reading tensor ${entry.name}: the file is truncated.`);
@@ -86,16 +93,32 @@ export async function importModel(db: LoraLabDb, files: readonly ByteSource[], o
       }
     }
     const ready: StoredModel = { ...model, status: 'ready' };
-    await db.put('models', ready);
+    // Another tab starting up sweeps records still marked 'importing' (it takes them for a crash's
+    // leftovers); if that happened, some slices are gone and the model must not be marked ready.
+    const tx = db.transaction('models', 'readwrite');
+    const current = await tx.store.get(model.id);
+    if (current?.status !== 'importing') {
+      tx.done.catch(() => undefined); // the abort below rejects it; the error thrown says why
+      tx.abort();
+      throw new UserError(options.name, 'was removed by another LoRA Lab tab while it was being imported.', 'Import it again, with one tab open.');
+    }
+    await tx.store.put(ready);
+    await tx.done;
     return ready;
   } catch (e) {
-    await deleteModel(db, model.id);
+    // If even the clean-up fails, report the original problem: the record still says 'importing', so
+    // sweepUnfinishedImports removes the leftovers on the next start.
+    await deleteModel(db, model.id).catch(() => undefined);
     if (isQuotaError(e)) throw storageFull(totalBytes, options.freeBytes);
     throw e;
   }
 }
 
-async function planTensors(config: ReturnType<typeof parseModelConfigText>, byName: Map<string, ByteSource>): Promise<PlannedTensor[]> {
+async function planTensors(
+  config: ReturnType<typeof parseModelConfigText>,
+  byName: Map<string, ByteSource>,
+  chunkBytes: number,
+): Promise<PlannedTensor[]> {
   const shards = await shardFiles(byName);
   const plan: PlannedTensor[] = [];
   const seen = new Map<string, string>();
@@ -113,11 +136,17 @@ async function planTensors(config: ReturnType<typeof parseModelConfigText>, byNa
       plan.push({
         source,
         entry,
-        info: { name, dtype: entry.dtype, shape: entry.shape, byteLength, chunkCount: Math.max(1, Math.ceil(byteLength / CHUNK_BYTES)) },
+        info: { name, dtype: entry.dtype, shape: entry.shape, byteLength, chunkCount: Math.max(1, Math.ceil(byteLength / chunkBytes)) },
       });
     }
   }
-  checkTensors(config, plan.map((t) => ({ name: t.info.name, shape: t.info.shape, file: t.source.name })));
+  // The file list names the shards in "tensor X is missing"; without it the message would blame model.safetensors
+  // even when the weights came as model-00001-of-00002.safetensors and friends.
+  checkTensors(
+    config,
+    plan.map((t) => ({ name: t.info.name, shape: t.info.shape, file: t.source.name })),
+    shards.map((s) => s.name),
+  );
   return plan;
 }
 

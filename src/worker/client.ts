@@ -1,4 +1,4 @@
-import type { ErrorDetail, Progress, RequestName, Requests, Response, ToWorker } from './protocol';
+import type { ErrorDetail, Progress, RequestName, Requests, Response, RunControl, RunEvent, ToWorker } from './protocol';
 
 /** An error answered by the worker; `detail.userError` tells a bad input from a bug. */
 export class WorkerError extends Error {
@@ -10,6 +10,9 @@ export class WorkerError extends Error {
 
 export interface CallOptions {
   readonly onProgress?: (p: Progress) => void;
+  readonly onEvent?: (e: RunEvent) => void;
+  /** Receives a function that pauses, resumes or stops this (training) request. */
+  readonly onControl?: (control: (action: RunControl) => void) => void;
   readonly signal?: AbortSignal;
 }
 
@@ -17,6 +20,7 @@ interface Pending {
   resolve(result: unknown): void;
   reject(error: Error): void;
   onProgress?: (p: Progress) => void;
+  onEvent?: (e: RunEvent) => void;
 }
 
 /** Typed calls into the worker: `await client.call('logits', {...})`. */
@@ -34,7 +38,8 @@ export class WorkerClient {
   call<K extends RequestName>(type: K, payload: Requests[K]['payload'], options: CallOptions = {}): Promise<Requests[K]['result']> {
     const id = this.nextId++;
     return new Promise((resolve, reject) => {
-      this.pending.set(id, { resolve: resolve as (r: unknown) => void, reject, onProgress: options.onProgress });
+      this.pending.set(id, { resolve: resolve as (r: unknown) => void, reject, onProgress: options.onProgress, onEvent: options.onEvent });
+      options.onControl?.((action) => this.post({ type: 'control', id, action }));
       options.signal?.addEventListener('abort', () => this.post({ type: 'cancel', id }), { once: true });
       this.post({ id, type, payload } as ToWorker);
     });
@@ -55,6 +60,9 @@ export class WorkerClient {
     switch (message.type) {
       case 'progress':
         pending.onProgress?.(message.progress);
+        return;
+      case 'event':
+        pending.onEvent?.(message.event);
         return;
       case 'result':
         this.pending.delete(message.id);

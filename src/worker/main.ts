@@ -8,14 +8,12 @@ import { importModel } from '../storage/import-model';
 import { sweepUnfinishedImports } from '../storage/models';
 import { selectBackend } from './backend';
 import { useModel } from './loaded-model';
-import type { ErrorDetail, Progress, Request, RequestName, Requests, Response, ToWorker } from './protocol';
+import type { ErrorDetail, Request, RequestName, Requests, Response, RunControl, ToWorker } from './protocol';
+import { exportRunFiles, trainLora, type RunContext } from './training-run';
 
 declare const self: DedicatedWorkerGlobalScope;
 
-interface Context {
-  readonly signal: AbortSignal;
-  progress(p: Progress): void;
-}
+type Context = RunContext;
 
 type Handler<K extends RequestName> = (payload: Requests[K]['payload'], ctx: Context) => Promise<Requests[K]['result']>;
 
@@ -56,6 +54,14 @@ const handlers: { [K in RequestName]: Handler<K> } = {
     logits.dispose();
     return { logits: values, vocabSize: model.config.vocabSize };
   },
+
+  async train(payload, ctx) {
+    return trainLora(await openDatabase(), payload, ctx);
+  },
+
+  async exportRun({ runId }) {
+    return { files: await exportRunFiles(await openDatabase(), runId) };
+  },
 };
 
 function loadModel(modelId: string, ctx: Context) {
@@ -65,11 +71,16 @@ function loadModel(modelId: string, ctx: Context) {
 }
 
 const running = new Map<number, AbortController>();
+const controls = new Map<number, (action: RunControl) => void>();
 
 self.onmessage = async (event: MessageEvent<ToWorker>) => {
   const message = event.data;
   if (message.type === 'cancel') {
     running.get(message.id)?.abort(new DOMException('Cancelled', 'AbortError'));
+    return;
+  }
+  if (message.type === 'control') {
+    controls.get(message.id)?.(message.action);
     return;
   }
   await serve(message);
@@ -81,6 +92,8 @@ async function serve(request: Request): Promise<void> {
   const ctx: Context = {
     signal: controller.signal,
     progress: (progress) => post({ id: request.id, type: 'progress', progress }),
+    event: (event) => post({ id: request.id, type: 'event', event }),
+    onControl: (handler) => controls.set(request.id, handler),
   };
   try {
     const handler = handlers[request.type] as Handler<typeof request.type>;
@@ -90,6 +103,7 @@ async function serve(request: Request): Promise<void> {
     post({ id: request.id, type: 'error', error: describe(e) });
   } finally {
     running.delete(request.id);
+    controls.delete(request.id);
   }
 }
 

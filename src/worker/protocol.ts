@@ -1,3 +1,5 @@
+import type { Finding } from '../core/diagnose';
+
 /**
  * The one contract between the UI thread and the training worker. Every request carries an id;
  * the worker answers with any number of `progress` messages, then exactly one `result` or `error`.
@@ -28,6 +30,24 @@ export interface TokenProbability {
   readonly prob: number;
 }
 
+export type RunControl = 'pause' | 'resume' | 'stop';
+
+/** What a training run reports while it runs (besides `progress` for loading and tokenizing). */
+export type RunEvent =
+  | { kind: 'started'; runId: string; totalSteps: number; trainTokens: number; evalTokens: number; trainableParameters: number }
+  | { kind: 'step'; step: number; epoch: number; loss: number; learningRate: number; gradNorm: number; tokensPerSecond: number; secondsLeft: number }
+  | { kind: 'metric'; step: number; name: string; value: number }
+  | { kind: 'eval'; step: number; loss: number }
+  | { kind: 'diagnosis'; findings: Finding[] }
+  | { kind: 'paused' }
+  | { kind: 'resumed' };
+
+export interface ExportedFile {
+  /** Path inside the run's output folder, e.g. `adapter_model.safetensors` or `logs/events.out.tfevents…`. */
+  readonly path: string;
+  readonly bytes: Uint8Array;
+}
+
 /** Request name → its payload and its result. */
 export interface Requests {
   init: { payload: { backend: BackendPreference }; result: BackendInfo };
@@ -39,6 +59,16 @@ export interface Requests {
   };
   /** Raw logits for given token ids (the Playground's numbers, and parity checks against references). */
   logits: { payload: { modelId: string; tokens: number[] }; result: { logits: Float32Array; vocabSize: number } };
+  /**
+   * Trains a LoRA adapter; streams RunEvents; ends when the run ends (completed, stopped, diverged).
+   * The config is YAML text (the app's one config format); data files are read by the worker.
+   */
+  train: {
+    payload: { modelId: string; configYaml: string; trainData: File; valData: File | null };
+    result: { runId: string; reason: 'completed' | 'stopped' | 'diverged' | 'early_stopped'; steps: number };
+  };
+  /** Every file of a run's output folder (adapter, logs, config.yaml, metrics.csv, diagnosis.json). */
+  exportRun: { payload: { runId: string }; result: { files: ExportedFile[] } };
 }
 
 export type RequestName = keyof Requests;
@@ -66,6 +96,7 @@ export interface ErrorDetail {
 export type Response =
   | { id: number; type: 'progress'; progress: Progress }
   | { id: number; type: 'result'; result: unknown }
+  | { id: number; type: 'event'; event: RunEvent }
   | { id: number; type: 'error'; error: ErrorDetail };
 
 /** Cancels request `id`; its handler stops at the next safe point and answers with an error. */
@@ -74,4 +105,11 @@ export interface CancelMessage {
   readonly id: number;
 }
 
-export type ToWorker = Request | CancelMessage;
+/** Pauses, resumes or stops the training run started by request `id`. */
+export interface ControlMessage {
+  readonly type: 'control';
+  readonly id: number;
+  readonly action: RunControl;
+}
+
+export type ToWorker = Request | CancelMessage | ControlMessage;

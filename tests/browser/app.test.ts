@@ -107,9 +107,9 @@ describe('the app in headless Chromium', () => {
     const png = await page.screenshot({ path: 'test-results/main-screen.png', fullPage: true });
     expect(png.byteLength).toBeGreaterThan(10_000);
     const model = (await page.getByRole('region', { name: /Model/ }).first().boundingBox())!;
-    const tryIt = (await page.locator('section[aria-labelledby=step-try]').boundingBox())!;
-    expect(tryIt.x).toBeGreaterThan(model.x + model.width - 1); // step 2 sits right of step 1 at 1280 px
-    expect(Math.abs(tryIt.y - model.y)).toBeLessThan(2);
+    const train = (await page.locator('section[aria-labelledby=step-train]').boundingBox())!;
+    expect(train.x).toBeGreaterThan(model.x + model.width - 1); // step 2 sits right of step 1 at 1280 px
+    expect(Math.abs(train.y - model.y)).toBeLessThan(2);
     const overflow = await page.evaluate(() => document.documentElement.scrollWidth - document.documentElement.clientWidth);
     expect(overflow).toBe(0);
     // The step badge really is painted in the accent colour: read the screenshot's own pixels.

@@ -1,22 +1,5 @@
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { chromium, type BrowserContext, type Page } from 'playwright-core';
-
-/** Debian's chromium; CHROME_PATH overrides (see scripts/ensure-chromium.mjs). */
-export const CHROME_PATH = process.env.CHROME_PATH ?? '/usr/lib/chromium/chromium';
-
-// See ../shared/notes/webgpu.md: the one flag WebGPU needs, plus quiet-network flags for a closed network.
-const CHROMIUM_ARGS = [
-  '--enable-unsafe-webgpu',
-  '--no-sandbox',
-  '--disable-background-networking',
-  '--disable-component-update',
-  '--disable-sync',
-  '--no-first-run',
-  '--disable-quic',
-  '--disable-dev-shm-usage',
-];
+import type { BrowserContext, Page } from 'playwright-core';
+import { launchChromium } from '../../scripts/chromium.mjs';
 
 export interface BrowserSession {
   readonly context: BrowserContext;
@@ -30,13 +13,7 @@ export interface BrowserSession {
 
 /** A fresh Chromium profile (persistent, so IndexedDB and the service worker survive reloads). */
 export async function openBrowser(): Promise<BrowserSession> {
-  const profile = mkdtempSync(join(tmpdir(), 'lora-lab-chromium-'));
-  const context = await chromium.launchPersistentContext(profile, {
-    executablePath: CHROME_PATH,
-    headless: true,
-    args: CHROMIUM_ARGS,
-    viewport: { width: 1280, height: 900 },
-  });
+  const { context, page, close } = await launchChromium();
   const errors: string[] = [];
   const requests: string[] = [];
   context.on('request', (r) => requests.push(r.url()));
@@ -44,17 +21,7 @@ export async function openBrowser(): Promise<BrowserSession> {
     if (m.type() === 'error') errors.push(m.text());
   });
   context.on('weberror', (e) => errors.push(String(e.error())));
-  const page = context.pages()[0] ?? (await context.newPage());
-  return {
-    context,
-    page,
-    errors,
-    requests,
-    async close() {
-      await context.close();
-      rmSync(profile, { recursive: true, force: true });
-    },
-  };
+  return { context, page, errors, requests, close };
 }
 
 /** Requests that left the app's origin (data:/blob: URLs never leave the page). */

@@ -704,6 +704,24 @@ describe('wasm backend', () => {
     await tf.setBackend('cpu');
   });
 
+  it('the loss gradient on wasm equals the cpu gradient (softmax − one-hot, masked rows excluded)', async () => {
+    const gradOn = async (backend: string) => {
+      expect(await tf.setBackend(backend)).toBe(true);
+      const logits = tf.tensor3d(Array.from({ length: 2 * 5 * 257 }, (_, i) => 3 * Math.sin(i * 0.37)), [2, 5, 257]);
+      const targets = tf.tensor2d([1, 2, 3, 4, 256, 7, 8, 9, 10, 11], [2, 5], 'int32');
+      const mask = tf.tensor2d([1, 1, 0, 1, 1, 1, 1, 1, 0, 1], [2, 5]);
+      const g = tf.grad((l: tf.Tensor) => causalLmLoss(l as tf.Tensor3D, targets, mask))(logits);
+      const values = Array.from(await g.data());
+      tf.dispose([logits, targets, mask, g]);
+      return values;
+    };
+    const cpu = await gradOn('cpu');
+    const wasm = await gradOn('wasm');
+    // The target's entry carries −1/n: a backend that drops the one-hot term is off by exactly that.
+    expect(Math.min(...cpu)).toBeLessThan(-0.1);
+    expect(Math.max(...cpu.map((v, i) => Math.abs(v - wasm[i]!)))).toBeLessThan(1e-6);
+  });
+
   it.each(['tiny-gpt2', 'tiny-llama'])('%s forward matches and trains through the hook on wasm', async (dir) => {
     expect(await tf.setBackend('wasm')).toBe(true);
     const expected = expectedOf(dir);

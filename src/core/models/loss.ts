@@ -26,7 +26,10 @@ function weightedNll(logits: tf.Tensor2D, targets: tf.Tensor1D, weights: tf.Tens
       gradFunc: (dy: tf.Scalar, saved: tf.Tensor[]) => {
         const [r, t, w] = saved as [tf.Tensor2D, tf.Tensor1D, tf.Tensor1D];
         const rowScale = tf.mul(w, dy).reshape([n, 1]);
-        const oneHot = tf.oneHot(t, vocab, 1, 0, 'float32');
+        // Built as int32 and cast: tfjs-backend-wasm 4.22's OneHot writes int32 bits into a
+        // float32 output when asked for float32 directly, which silently zeroes the gradient's
+        // target term (a test compares this gradient across backends).
+        const oneHot = tf.cast(tf.oneHot(t, vocab), 'float32');
         return tf.mul(tf.sub(tf.softmax(r), oneHot), rowScale);
       },
     };

@@ -9,7 +9,8 @@ export interface ExpectedOutputs {
   readonly tokens: number[];
   readonly logits_base: number[][];
   readonly logits_with_adapter?: number[][];
-  readonly loss_base?: number;
+  /** The validation loss of `loss_base.text` as LoRA Lab defines it (see the fixtures' README). */
+  readonly loss_base: { readonly text: string; readonly seq_len: number; readonly windows: number; readonly loss: number };
 }
 
 export function expectedOutputs(model: string): ExpectedOutputs {

@@ -1,0 +1,62 @@
+/**
+ * The run config: one schema for the app's form, the headless runner's YAML, saved runs and
+ * comparison legends. DOM-free.
+ */
+import type { ModelArch } from '../models/config';
+import { CONFIG_KEYS, runNameOf, type RunConfig, type RunConfigKey } from './schema';
+import { valuesEqual } from './parse';
+
+export {
+  BACKENDS,
+  CONFIG_KEYS,
+  DEFAULT_CONFIG,
+  FIELD_RULES,
+  LR_SCHEDULERS,
+  RunConfigSchema,
+  type RunConfig,
+  type RunConfigKey,
+} from './schema';
+export { editDistance, KEY_ALIASES, suggestKey, type AliasSource, type KeyAlias } from './aliases';
+export {
+  formatIssue,
+  parseRunConfig,
+  parseRunConfigYaml,
+  unwrapRunConfig,
+  type AliasUse,
+  type ConfigIssue,
+  type ConfigParseResult,
+  type ParseOptions,
+} from './parse';
+export { runConfigToYaml } from './yaml';
+export { PRESETS, type Preset, type PresetId } from './presets';
+
+/** The run's name: the last component of output_dir (`./output/lr_1e-4` → `lr_1e-4`). */
+export function runName(config: Pick<RunConfig, 'output_dir'>): string {
+  return runNameOf(config.output_dir) || 'run';
+}
+
+export interface ConfigDifference {
+  readonly key: RunConfigKey;
+  readonly a: unknown;
+  readonly b: unknown;
+}
+
+/** Keys whose values differ, in canonical order: what sets two runs apart in a comparison legend. */
+export function configDiff(a: RunConfig, b: RunConfig): ConfigDifference[] {
+  return CONFIG_KEYS.filter((key) => !valuesEqual(a[key], b[key])).map((key) => ({ key, a: a[key], b: b[key] }));
+}
+
+/** PEFT's default target modules per architecture, used when target_modules is null. */
+const DEFAULT_TARGETS: { readonly [A in ModelArch]: readonly string[] } = {
+  gpt2: ['c_attn'],
+  llama: ['q_proj', 'v_proj'],
+};
+
+/**
+ * The modules LoRA wraps for this model. 'all-linear' is passed through for the LoRA layer to expand,
+ * since which layers are linear (and that the output head is excluded) depends on the loaded model.
+ */
+export function resolveTargetModules(config: Pick<RunConfig, 'target_modules'>, arch: ModelArch): string[] | 'all-linear' {
+  const targets = config.target_modules ?? DEFAULT_TARGETS[arch];
+  return targets === 'all-linear' ? targets : [...targets];
+}

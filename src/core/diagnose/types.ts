@@ -1,0 +1,95 @@
+/** One logged value of a curve: the optimizer step it belongs to and the value (loss in nats, or a norm, or a learning rate). */
+export interface CurvePoint {
+  readonly step: number;
+  readonly value: number;
+}
+
+/** What a run has logged so far. The diagnosis reads only this, so it works the same live and on a finished run. */
+export interface RunHistory {
+  /** Training loss at every logged step, each the mean over its log window, in nats. */
+  readonly trainLoss: readonly CurvePoint[];
+  /** Loss on the held-out set at each evaluation, in nats; empty when the run has no validation data. */
+  readonly evalLoss: readonly CurvePoint[];
+  /** Gradient norm (before clipping) at every logged step; may be empty. */
+  readonly gradNorm: readonly CurvePoint[];
+  /** Learning rate the schedule gave at every logged step; may be empty. */
+  readonly learningRate: readonly CurvePoint[];
+  /** Optimizer steps the run is planned to take (0 when unknown). */
+  readonly totalSteps: number;
+}
+
+export type FindingCode = 'lr_too_high' | 'diverged' | 'overfitting' | 'not_learning' | 'healthy';
+
+export type Severity = 'info' | 'warning' | 'error';
+
+export interface Finding {
+  readonly code: FindingCode;
+  readonly severity: Severity;
+  /** The optimizer step at which the problem was first seen. */
+  readonly step: number;
+  /** What is wrong, in one plain sentence, numbers with their units. */
+  readonly message: string;
+  /** What to change, naming the config keys (learning_rate, warmup_steps, epochs, lora_dropout, early_stopping_patience). */
+  readonly suggestion: string;
+  /** For overfitting: the step of the lowest eval loss, i.e. the adapter worth keeping. */
+  readonly bestStep?: number;
+}
+
+/**
+ * Every number the diagnosis compares against. DEFAULT_THRESHOLDS documents each value and why it
+ * was chosen; src/core/diagnose/README.md has the same list as a table.
+ */
+export interface Thresholds {
+  /** Fewer logged training-loss points than this: no judgement at all, except NaN/Inf. */
+  readonly minPoints: number;
+  /** Logged points per window, wherever a level is a window median: the oscillation check and the lowest level reached. */
+  readonly windowPoints: number;
+
+  /** Number of first logged points whose median is the run's starting loss. */
+  readonly divergeStartPoints: number;
+  /** Diverged when the loss exceeds this multiple of the starting loss... */
+  readonly divergeRatio: number;
+  /** ...and also exceeds the starting loss by this many nats. */
+  readonly divergeMarginNats: number;
+  /** ...for this many logged points in a row. */
+  readonly divergeConfirmPoints: number;
+
+  /** A window's median loss must be this fraction above the best (lowest) window median so far... */
+  readonly lrGapRel: number;
+  /** ...and at least this many nats above it. */
+  readonly lrGapMinNats: number;
+  /** The median distance of the window's points from their trend line must be this fraction of the window median... */
+  readonly lrSwingRel: number;
+  /** ...and at least this many nats. */
+  readonly lrSwingMinNats: number;
+  /** Both must hold for this many windows in a row (each window one point later than the last). */
+  readonly lrConfirmWindows: number;
+  /** First logged gradient norms whose median is the run's early gradient norm. */
+  readonly gradEarlyPoints: number;
+  /** Latest gradient norms whose median is compared with the early one. */
+  readonly gradRecentPoints: number;
+  /** Gradient norm exploded when the recent median exceeds the early median by this factor. */
+  readonly gradExplodeFactor: number;
+
+  /** Overfitting needs this many evaluations in a row, each higher than the one before. */
+  readonly overfitRises: number;
+  /** A rise counts only when it is larger than this fraction of the previous eval loss. */
+  readonly overfitRiseRel: number;
+  /** The eval loss must end up at least this fraction above its lowest value. */
+  readonly overfitTotalRiseRel: number;
+
+  /** not_learning is judged once this many points are logged... */
+  readonly notLearningMinPoints: number;
+  /** ...or once this fraction of the planned steps is done, whichever comes first. */
+  readonly notLearningMinFraction: number;
+  /** Stuck when the loss is confidently down by less than this fraction of its start; learning again once it is confidently down by more. */
+  readonly notLearningMaxDropRel: number;
+  /** Whatever its trend, the loss has learned once a window median has been this fraction below the first logged value... */
+  readonly notLearningLearnedDropRel: number;
+  /** ...and by this many standard deviations of the points about their trend line. */
+  readonly notLearningLearnedSigmas: number;
+  /** How many standard errors "confidently" means, in both directions. */
+  readonly notLearningConfidence: number;
+  /** The stuck test must pass at this many logged points in a row before the finding is raised. */
+  readonly notLearningConfirmPoints: number;
+}

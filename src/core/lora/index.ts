@@ -1,0 +1,3 @@
+export * from './settings.js';
+export * from './adapter.js';
+export * from './merge.js';

@@ -1,0 +1,42 @@
+import * as tf from '@tensorflow/tfjs';
+import type { CausalLM } from '../models/model.js';
+import type { LoraAdapter } from './adapter.js';
+
+/**
+ * The model's weights with the adapter folded in, as PEFT's merge_and_unload computes them:
+ * W + scaling·(B·A) for nn.Linear weights [out, in], and its transpose, W + scaling·(B·A)ᵀ, for GPT-2's
+ * Conv1D weights stored [in, out] (PEFT's fan_in_fan_out). Every tensor in the map is new, untouched ones
+ * included (clones), so the result can go straight to buildModel, which takes ownership, without the
+ * base model losing its weights; the caller owns the map.
+ */
+export function mergedWeights(model: CausalLM, adapter: LoraAdapter): Map<string, tf.Tensor> {
+  const byWeight = new Map(adapter.modules.map((m) => [`${m.path}.weight`, m]));
+  for (const name of byWeight.keys()) {
+    if (!model.weights.has(name)) throw new Error(`mergedWeights: the model has no weight ${name}; is the adapter for another model?`);
+  }
+  const out = new Map<string, tf.Tensor>();
+  try {
+    for (const [name, w] of model.weights) {
+      const m = byWeight.get(name);
+      if (!m) {
+        out.set(name, tf.clone(w));
+        continue;
+      }
+      out.set(
+        name,
+        tf.tidy(() => {
+          // (B·A)ᵀ = Aᵀ·Bᵀ: computing the transposed product directly avoids a transpose.
+          const delta = m.linear.layout === 'in_out' ? tf.matMul(m.A, m.B, true, true) : tf.matMul(m.B, m.A);
+          if (!tf.util.arraysEqual(delta.shape, w.shape)) {
+            throw new Error(`mergedWeights: ${name} is [${w.shape.join(', ')}] but B·A is [${delta.shape.join(', ')}]`);
+          }
+          return tf.add(w, tf.mul(delta, adapter.scaling));
+        }),
+      );
+    }
+  } catch (e) {
+    for (const t of out.values()) t.dispose();
+    throw e;
+  }
+  return out;
+}

@@ -1,0 +1,26 @@
+import type { StepMetrics, StopRequest, TrainEnd, TrainerCallbacks } from './trainer.js';
+
+/**
+ * Several callback sets as one. Each hook runs the sets in order and awaits each; the first stop
+ * request wins. The built-in logger, diagnosis and checkpointing are such sets, and so is anything a
+ * user adds (a custom metric, say), so they all see the same events in the same order.
+ */
+export function composeCallbacks(...sets: readonly TrainerCallbacks[]): TrainerCallbacks {
+  const each = async <A>(hook: (c: TrainerCallbacks, arg: A) => unknown, arg: A): Promise<void | StopRequest> => {
+    let stop: StopRequest | undefined;
+    for (const set of sets) {
+      const result = (await hook(set, arg)) as void | StopRequest;
+      if (result && 'stop' in result) stop ??= result;
+    }
+    return stop;
+  };
+  return {
+    onStepEnd: (m: StepMetrics) => each((c, a: StepMetrics) => c.onStepEnd?.(a), m),
+    onLog: (m: StepMetrics & { meanLoss: number }) => each((c, a: StepMetrics & { meanLoss: number }) => c.onLog?.(a), m),
+    onEval: (e: { step: number; loss: number }) => each((c, a: { step: number; loss: number }) => c.onEval?.(a), e),
+    onSave: (s: { step: number }) => each((c, a: { step: number }) => c.onSave?.(a), s),
+    onTrainEnd: async (r: TrainEnd) => {
+      for (const set of sets) await set.onTrainEnd?.(r);
+    },
+  };
+}

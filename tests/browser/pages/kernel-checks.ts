@@ -1,0 +1,259 @@
+import * as tf from '@tensorflow/tfjs';
+import '@tensorflow/tfjs-backend-webgpu';
+import type { WebGPUBackend, WebGPUProgram } from '@tensorflow/tfjs-backend-webgpu';
+import { loraLinear, loraLinearReference, type LoraLinearArgs } from '../../../src/core/kernels/lora_linear';
+
+export interface KernelCase {
+  tokens: number;
+  inFeatures: number;
+  outFeatures: number;
+  rank: number;
+  layout: 'in_out' | 'out_in';
+  bias: boolean;
+  /** Dropout probability; 0 means no mask. */
+  dropout: number;
+  scaling: number;
+  /** Draw the mask inside the differentiated function, so that tf.grads disposes it before backprop. */
+  maskInside?: boolean;
+  /** Run with tfjs's IS_TEST flag, under which a kernel that leaves tensors alive (saved ones too) throws. */
+  leakCheck?: boolean;
+}
+
+export interface CaseResult {
+  /** Max |fused - reference| / max(1, max |reference|), per output. */
+  errors: { y: number; dx: number; dA: number; dB: number };
+  /** Programs dispatched by the fused forward pass, then by the fused forward + backward pass. */
+  forwardPrograms: string[];
+  gradPrograms: string[];
+  leakedTensors: number;
+  leakedDataIds: number;
+  gpuErrors: string[];
+}
+
+/** Programs run through the backend since the last `takePrograms()`, by the first part of their shaderKey. */
+let programs: string[] = [];
+
+function takePrograms(): string[] {
+  const taken = programs;
+  programs = [];
+  return taken;
+}
+
+function webgpu(): WebGPUBackend {
+  return tf.engine().findBackend('webgpu') as WebGPUBackend;
+}
+
+/**
+ * Runs `body` with `name` as the active backend. The reference runs on the cpu backend: an independent
+ * implementation, and no stock WebGPU shaders to compile (SwiftShader compiles take most of the time).
+ * Seeded tf.randomUniform draws its numbers in JS, so every backend gets the same inputs.
+ */
+async function onBackend<T>(name: 'cpu' | 'webgpu', body: () => Promise<T>): Promise<T> {
+  const previous = tf.getBackend();
+  await tf.setBackend(name);
+  try {
+    return await body();
+  } finally {
+    await tf.setBackend(previous);
+  }
+}
+
+/** Switches to WebGPU (failing loudly: tfjs silently stays on cpu without an adapter) and counts dispatches. */
+export async function setup(): Promise<{ backend: string; adapter: string }> {
+  tf.env().set('WEBGPU_CPU_HANDOFF_SIZE_THRESHOLD', 0);
+  await tf.setBackend('webgpu');
+  await tf.ready();
+  if (tf.getBackend() !== 'webgpu') throw new Error(`backend is ${tf.getBackend()}, not webgpu`);
+  const backend = webgpu();
+  const run = backend.runWebGPUProgram.bind(backend);
+  backend.runWebGPUProgram = (program: WebGPUProgram, ...rest) => {
+    // Read before the call: the backend rewrites shaderKey into its cache key.
+    programs.push(program.shaderKey.split('_')[0] ?? program.shaderKey);
+    return run(program, ...rest);
+  };
+  const info = (backend as unknown as { adapterInfo?: { vendor?: string; architecture?: string } }).adapterInfo;
+  return { backend: tf.getBackend(), adapter: `${info?.vendor ?? '?'} ${info?.architecture ?? '?'}` };
+}
+
+/** Validation errors (a WGSL compile error, a bad binding) do not throw; they only reach an error scope. */
+async function withErrorScope<T>(body: () => Promise<T>): Promise<{ value: T; gpuErrors: string[] }> {
+  const device = webgpu().device;
+  device.pushErrorScope('validation');
+  device.pushErrorScope('out-of-memory');
+  let value: T | undefined;
+  let failure: unknown = null;
+  try {
+    value = await body();
+  } catch (e) {
+    failure = e;
+  }
+  const oom = await device.popErrorScope();
+  const validation = await device.popErrorScope();
+  if (failure !== null) throw failure;
+  const gpuErrors = [validation, oom].filter((e): e is GPUError => e !== null).map((e) => e.message);
+  return { value: value as T, gpuErrors };
+}
+
+interface CaseTensors {
+  args: Omit<LoraLinearArgs, 'x' | 'loraA' | 'loraB'>;
+  x: tf.Tensor2D;
+  loraA: tf.Tensor2D;
+  loraB: tf.Tensor2D;
+  dy: tf.Tensor2D;
+}
+
+function makeMask(c: KernelCase, seed: number): tf.Tensor2D | null {
+  if (c.dropout === 0) return null;
+  return tf.tidy(() => {
+    const keep = tf.greaterEqual(tf.randomUniform([c.tokens, c.inFeatures], 0, 1, 'float32', seed), c.dropout);
+    return tf.mul(tf.cast(keep, 'float32'), 1 / (1 - c.dropout)) as tf.Tensor2D;
+  });
+}
+
+function makeCase(c: KernelCase, seed: number): CaseTensors {
+  const u = (shape: number[], s: number) => tf.randomUniform(shape, -1, 1, 'float32', seed * 16 + s);
+  const weightShape = c.layout === 'in_out' ? [c.inFeatures, c.outFeatures] : [c.outFeatures, c.inFeatures];
+  return {
+    args: {
+      weight: u(weightShape, 1) as tf.Tensor2D,
+      layout: c.layout,
+      bias: c.bias ? (u([c.outFeatures], 2) as tf.Tensor1D) : null,
+      scaling: c.scaling,
+      dropoutMask: c.maskInside ? null : makeMask(c, seed * 16 + 3),
+    },
+    x: u([c.tokens, c.inFeatures], 4) as tf.Tensor2D,
+    loraA: u([c.rank, c.inFeatures], 5) as tf.Tensor2D,
+    loraB: u([c.outFeatures, c.rank], 6) as tf.Tensor2D,
+    dy: u([c.tokens, c.outFeatures], 7) as tf.Tensor2D,
+  };
+}
+
+function disposeCase(t: CaseTensors): void {
+  const { weight, bias, dropoutMask } = t.args;
+  tf.dispose([t.x, t.loraA, t.loraB, t.dy, weight, ...(bias ? [bias] : []), ...(dropoutMask ? [dropoutMask] : [])]);
+}
+
+function relErr(got: Float32Array, want: Float32Array): number {
+  if (got.length !== want.length) throw new Error(`size ${got.length} != ${want.length}`);
+  let maxDiff = 0;
+  let maxRef = 1;
+  for (let i = 0; i < want.length; i++) {
+    if (!Number.isFinite(got[i]!)) return Infinity;
+    maxDiff = Math.max(maxDiff, Math.abs(got[i]! - want[i]!));
+    maxRef = Math.max(maxRef, Math.abs(want[i]!));
+  }
+  return maxDiff / maxRef;
+}
+
+/** y, dx, dA and dB of `op` (tf.grads with a random dy), read back; every tensor it made is disposed. */
+async function forwardAndGrads(op: (a: LoraLinearArgs) => tf.Tensor2D, c: KernelCase, seed: number) {
+  const t = makeCase(c, seed);
+  const apply = (x: tf.Tensor, loraA: tf.Tensor, loraB: tf.Tensor): tf.Tensor2D => {
+    const dropoutMask = c.maskInside ? makeMask(c, seed * 16 + 3) : t.args.dropoutMask;
+    return op({ ...t.args, dropoutMask, x: x as tf.Tensor2D, loraA: loraA as tf.Tensor2D, loraB: loraB as tf.Tensor2D });
+  };
+  takePrograms();
+  const y = tf.tidy(() => apply(t.x, t.loraA, t.loraB));
+  const yData = (await y.data()) as Float32Array;
+  const forwardPrograms = takePrograms();
+  const grads = tf.grads(apply)([t.x, t.loraA, t.loraB], t.dy);
+  const gradData = (await Promise.all(grads.map((g) => g.data()))) as Float32Array[];
+  const gradPrograms = takePrograms();
+  tf.dispose([y, ...grads]);
+  disposeCase(t);
+  return { y: yData, dx: gradData[0]!, dA: gradData[1]!, dB: gradData[2]!, forwardPrograms, gradPrograms };
+}
+
+/** Forward and all three gradients of the fused op against tf.grads of the plain composition. */
+export async function checkCase(c: KernelCase, seed: number): Promise<CaseResult> {
+  const tensorsBefore = tf.memory().numTensors;
+  const dataIdsBefore = webgpu().numDataIds();
+  if (c.leakCheck) tf.env().set('IS_TEST', true);
+  const { value: fused, gpuErrors } = await withErrorScope(() => forwardAndGrads(loraLinear, c, seed)).finally(() =>
+    tf.env().set('IS_TEST', false),
+  );
+  const reference = await onBackend('cpu', () => forwardAndGrads(loraLinearReference, c, seed));
+  return {
+    errors: {
+      y: relErr(fused.y, reference.y),
+      dx: relErr(fused.dx, reference.dx),
+      dA: relErr(fused.dA, reference.dA),
+      dB: relErr(fused.dB, reference.dB),
+    },
+    forwardPrograms: fused.forwardPrograms,
+    gradPrograms: fused.gradPrograms,
+    leakedTensors: tf.memory().numTensors - tensorsBefore,
+    leakedDataIds: webgpu().numDataIds() - dataIdsBefore,
+    gpuErrors,
+  };
+}
+
+/**
+ * A few optimizer steps through tf.variableGrads, fused against reference, with the base weight a
+ * trainable variable: it must get no gradient from the fused op (it is frozen; no dW is computed).
+ */
+export async function checkTraining(): Promise<{
+  maxParamDiff: number;
+  fusedGradNames: string[];
+  leakedTensors: number;
+  gpuErrors: string[];
+}> {
+  const tensorsBefore = tf.memory().numTensors;
+  const c: KernelCase = {
+    tokens: 37, inFeatures: 33, outFeatures: 65, rank: 4, layout: 'out_in', bias: true, dropout: 0.1, scaling: 2,
+  };
+  const train = async (op: (a: LoraLinearArgs) => tf.Tensor2D, tag: string) => {
+    const t = makeCase(c, 11);
+    const weight = tf.variable(t.args.weight, true, `w_${tag}`);
+    const loraA = tf.variable(t.loraA, true, `a_${tag}`);
+    const loraB = tf.variable(t.loraB, true, `b_${tag}`);
+    const optimizer = tf.train.sgd(0.05);
+    let names: string[] = [];
+    for (let step = 0; step < 3; step++) {
+      const { value: loss, grads } = tf.variableGrads(() => {
+        const dropoutMask = makeMask(c, 100 + step);
+        const y = op({ ...t.args, weight, dropoutMask, x: t.x, loraA, loraB });
+        return tf.mean(tf.square(tf.sub(y, t.dy))) as tf.Scalar;
+      }, [weight, loraA, loraB]);
+      names = Object.keys(grads).filter((n) => grads[n] != null).sort();
+      // The reference does compute dW (stock ops know nothing of frozen weights); train LoRA only.
+      optimizer.applyGradients({ [loraA.name]: grads[loraA.name]!, [loraB.name]: grads[loraB.name]! });
+      await loss.data();
+      tf.dispose([loss, ...Object.values(grads)]);
+    }
+    const params = [await loraA.data(), await loraB.data()];
+    optimizer.dispose();
+    disposeCase(t);
+    tf.dispose([weight, loraA, loraB]);
+    return { params, names };
+  };
+  const { value: fused, gpuErrors } = await withErrorScope(() => train(loraLinear, 'fused'));
+  const reference = await onBackend('cpu', () => train(loraLinearReference, 'ref'));
+  let maxParamDiff = 0;
+  fused.params.forEach((p, i) => {
+    const r = reference.params[i]!;
+    for (let k = 0; k < p.length; k++) maxParamDiff = Math.max(maxParamDiff, Math.abs(p[k]! - r[k]!));
+  });
+  return { maxParamDiff, fusedGradNames: fused.names, leakedTensors: tf.memory().numTensors - tensorsBefore, gpuErrors };
+}
+
+/** On another backend loraLinear is the reference composition. */
+export async function checkCpuFallback(): Promise<{ backend: string; maxDiff: number; programs: number }> {
+  takePrograms();
+  await tf.setBackend('cpu');
+  try {
+    const c: KernelCase = {
+      tokens: 7, inFeatures: 24, outFeatures: 40, rank: 4, layout: 'in_out', bias: true, dropout: 0.2, scaling: 0.5,
+    };
+    const t = makeCase(c, 5);
+    const args = { ...t.args, x: t.x, loraA: t.loraA, loraB: t.loraB };
+    const y = loraLinear(args);
+    const yRef = loraLinearReference(args);
+    const maxDiff = relErr((await y.data()) as Float32Array, (await yRef.data()) as Float32Array);
+    tf.dispose([y, yRef]);
+    disposeCase(t);
+    return { backend: tf.getBackend(), maxDiff, programs: takePrograms().length };
+  } finally {
+    await tf.setBackend('webgpu');
+  }
+}
