@@ -131,6 +131,10 @@ describe('the app in headless Chromium', () => {
       const id = await page.getByRole('radio', { name: /^tiny-llama\b/ }).inputValue();
       const expected = expectedOutputs('tiny-llama');
       expect(maxAbsDiff(await logitsInWorker(id, expected.tokens), expected.logits_base)).toBeLessThan(1e-4);
+      // The wasm binaries come from the precache too: switch backends while offline.
+      await page.getByLabel('Backend').selectOption('wasm');
+      await backendShown('wasm');
+      expect(maxAbsDiff(await logitsInWorker(id, expected.tokens), expected.logits_base)).toBeLessThan(1e-4);
     } finally {
       await browser.context.setOffline(false);
     }

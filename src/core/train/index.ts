@@ -5,3 +5,4 @@ export * from './evaluate.js';
 export * from './loss-fns.js';
 export * from './schedule.js';
 export * from './trainer.js';
+export * from './estimate.js';

@@ -1,0 +1,48 @@
+#!/usr/bin/env node
+// npm run bench: measures, in one run on this machine, the fused LoRA kernels against the plain tfjs
+// composition (per layer, forward and forward+backward) and whole training steps on webgpu and wasm.
+// Prints ratios; asserts nothing (speed goals are read from here, not from tests).
+// Options: --quick (tiny shape only, fewer iterations: what a GPU-less machine can afford).
+import { createServer } from 'vite';
+import { launchChromium } from '../scripts/chromium.mjs';
+
+const quick = process.argv.includes('--quick');
+const root = new URL('..', import.meta.url).pathname;
+const server = await createServer({ root, server: { host: '127.0.0.1', port: 0 }, logLevel: 'error' });
+await server.listen();
+const url = server.resolvedUrls.local[0].replace(/\/$/, '');
+const browser = await launchChromium();
+const call = (module, fn, arg) =>
+  browser.page.evaluate(`import(${JSON.stringify(module)}).then((m) => m[${JSON.stringify(fn)}](${JSON.stringify(arg)}))`);
+
+try {
+  await browser.page.goto(`${url}/tests/browser/pages/blank.html`);
+  const adapter = await browser.page.evaluate(async () => {
+    const a = await navigator.gpu?.requestAdapter();
+    return a ? `${a.info.vendor} ${a.info.architecture}`.trim() || 'unknown GPU' : 'no WebGPU adapter';
+  });
+  console.log(`WebGPU adapter: ${adapter}\n`);
+
+  const shapes = quick ? [{ name: 'tiny 64→192', tokens: 512, inFeatures: 64, outFeatures: 192, rank: 8 }] : undefined;
+  const kernels = await call('/bench/kernels.ts', 'runKernelBench', { shapes, iterations: quick ? 5 : 10 });
+  console.log('LoRA linear (T tokens, r 8): median ms, plain tfjs ÷ fused = speed-up');
+  for (const r of kernels.rows) {
+    const s = r.shape;
+    console.log(
+      `  ${s.name.padEnd(24)} T ${s.tokens}  forward ${r.fusedForwardMs.toFixed(1)} vs ${r.referenceForwardMs.toFixed(1)} ms = ${r.forwardSpeedup.toFixed(2)}×` +
+        `   fwd+bwd ${r.fusedTrainMs.toFixed(1)} vs ${r.referenceTrainMs.toFixed(1)} ms = ${r.trainSpeedup.toFixed(2)}×`,
+    );
+  }
+
+  const steps = await call('/bench/train-step.ts', 'runTrainStepBench', { steps: quick ? 4 : 8 });
+  console.log('\nTraining step, tiny GPT-2 (64 wide, 2 layers), batch 8 × seq 64, LoRA r 8 on c_attn:');
+  for (const r of steps) console.log(`  ${r.backend.padEnd(7)} ${r.variant.padEnd(24)} ${r.tokensPerSecond.toFixed(0).padStart(7)} tokens/s  (${r.msPerStep.toFixed(0)} ms/step)`);
+  const plain = steps.find((r) => r.backend === 'webgpu' && r.variant.startsWith('plain'));
+  const fused = steps.find((r) => r.backend === 'webgpu' && r.variant.startsWith('LoRA'));
+  const wasm = steps.find((r) => r.backend === 'wasm');
+  if (plain && fused) console.log(`  webgpu step speed-up, fused ÷ plain: ${(fused.tokensPerSecond / plain.tokensPerSecond).toFixed(2)}×`);
+  if (wasm && fused) console.log(`  wasm vs webgpu (fused): ${(wasm.tokensPerSecond / fused.tokensPerSecond).toFixed(2)}× the tokens/s`);
+} finally {
+  await browser.close();
+  await server.close();
+}

@@ -1,0 +1,86 @@
+import * as tf from '@tensorflow/tfjs';
+import '../src/worker/backend'; // registers webgpu and wasm, wasm binaries served by the app
+import { packStream, trainWindows } from '../src/core/data/packing';
+import { loraLinearReference } from '../src/core/kernels/lora_linear';
+import { LoraAdapter } from '../src/core/lora';
+import { parseModelConfig } from '../src/core/models/config';
+import { applyLinear, type LinearApply } from '../src/core/models/linear';
+import { causalLmLoss } from '../src/core/models/loss';
+import { expectedTensors } from '../src/core/models/manifest';
+import { buildModel, type CausalLM } from '../src/core/models/model';
+import { Trainer } from '../src/core/train';
+
+/** The shared fixtures' shape: GPT-2, 64 wide, 2 layers, 4 heads, byte vocabulary. */
+const TINY_GPT2 = {
+  model_type: 'gpt2', vocab_size: 257, n_positions: 128, n_embd: 64, n_layer: 2, n_head: 4,
+  activation_function: 'gelu_new', layer_norm_epsilon: 1e-5, tie_word_embeddings: true,
+};
+const BATCH = 8;
+const SEQ_LEN = 64;
+const RANK = 8;
+
+export interface TrainStepRow {
+  readonly variant: string;
+  readonly backend: string;
+  readonly tokensPerSecond: number;
+  readonly msPerStep: number;
+}
+
+/** Random weights of the right shapes: speed does not depend on the values. */
+function randomModel(): CausalLM {
+  const cfg = parseModelConfig(TINY_GPT2);
+  const weights = new Map<string, tf.Tensor>();
+  let seed = 1;
+  for (const [name, shape] of expectedTensors(cfg)) {
+    const isNorm = /ln_|norm/.test(name);
+    weights.set(name, isNorm && name.endsWith('weight') ? tf.ones(shape) : tf.randomNormal(shape, 0, 0.02, 'float32', seed++));
+  }
+  return buildModel(cfg, weights);
+}
+
+/** The same LoRA term from stock tfjs ops: the "plain composition" the fused kernels are measured against. */
+function plainLora(adapter: LoraAdapter): LinearApply {
+  return (linear, x) => {
+    const module = adapter.modules.find((m) => m.path === linear.path);
+    if (!module) return applyLinear(linear, x);
+    return loraLinearReference({ x, weight: linear.weight, layout: linear.layout, bias: linear.bias, loraA: module.A, loraB: module.B, scaling: adapter.scaling, dropoutMask: null });
+  };
+}
+
+async function timeSteps(variant: 'fused' | 'plain', steps: number, warmup: number): Promise<TrainStepRow> {
+  const model = randomModel();
+  const adapter = LoraAdapter.create(model, { rank: RANK, alpha: 2 * RANK, dropout: 0, targetModules: ['c_attn'], useRslora: false }, 1);
+  const ids = Array.from({ length: (steps + warmup) * BATCH * SEQ_LEN + 1 }, (_, i) => (i * 31 + 7) % 256);
+  const train = trainWindows(packStream([{ ids }], null), SEQ_LEN);
+  const linear = variant === 'fused' ? adapter.apply({ training: false }) : plainLora(adapter);
+  const stepStarts: number[] = [];
+  const trainer = new Trainer({
+    variables: adapter.variables(),
+    lossFn: (batch) => tf.tidy(() => causalLmLoss(model.forward(batch.inputs, { linear }), batch.targets, batch.mask)),
+    train,
+    options: { batchSize: BATCH, maxSteps: steps + warmup, learningRate: 1e-4, scheduler: 'constant', seed: 1 },
+    callbacks: { onStepEnd: () => void stepStarts.push(performance.now()) },
+  });
+  const begin = performance.now();
+  await trainer.run();
+  // Steps after warm-up: pipelines compiled, buffer pools filled.
+  const timed = stepStarts.slice(warmup - 1);
+  const ms = (timed.at(-1)! - timed[0]!) / (timed.length - 1);
+  void begin;
+  adapter.dispose();
+  model.dispose();
+  return { variant: variant === 'fused' ? 'LoRA kernels (fused)' : 'plain tfjs composition', backend: tf.getBackend(), msPerStep: ms, tokensPerSecond: (BATCH * SEQ_LEN * 1000) / ms };
+}
+
+/** A whole training step (forward, backward, clipping, AdamW) at the fixtures' shape, per backend. */
+export async function runTrainStepBench(options: { steps?: number; warmup?: number; backends?: string[] } = {}): Promise<TrainStepRow[]> {
+  const { steps = 5, warmup = 2, backends = ['webgpu', 'wasm'] } = options;
+  tf.env().set('WEBGPU_CPU_HANDOFF_SIZE_THRESHOLD', 0);
+  const rows: TrainStepRow[] = [];
+  for (const backend of backends) {
+    if (!(await tf.setBackend(backend)) || tf.getBackend() !== backend) throw new Error(`the ${backend} backend did not start`);
+    // On wasm both variants are the same composition (the fused kernels are WebGPU programs).
+    for (const variant of backend === 'webgpu' ? (['plain', 'fused'] as const) : (['plain'] as const)) rows.push(await timeSteps(variant, steps, warmup));
+  }
+  return rows;
+}
