@@ -68,7 +68,8 @@ export interface StoredRun {
 export interface MetricRow {
   readonly runId: string;
   readonly step: number;
-  readonly epoch: number;
+  /** Null on rows that only carry an evaluation or a custom metric. */
+  readonly epoch: number | null;
   readonly loss: number | null;
   readonly learningRate: number | null;
   readonly gradNorm: number | null;

@@ -49,7 +49,7 @@ function mergeRows(a: MetricRow, b: MetricRow): MetricRow {
   return {
     runId: a.runId,
     step: a.step,
-    epoch: b.epoch,
+    epoch: b.epoch ?? a.epoch,
     loss: b.loss ?? a.loss,
     learningRate: b.learningRate ?? a.learningRate,
     gradNorm: b.gradNorm ?? a.gradNorm,

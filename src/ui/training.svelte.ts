@@ -15,9 +15,11 @@ export interface Curves {
   tokensPerSecond: number[];
   evalSteps: number[];
   evalLoss: number[];
+  /** Custom metrics by name (src/core/train/custom-metrics.ts), each with its own steps. */
+  custom: Map<string, { steps: number[]; values: number[] }>;
 }
 
-const emptyCurves = (): Curves => ({ steps: [], loss: [], learningRate: [], gradNorm: [], tokensPerSecond: [], evalSteps: [], evalLoss: [] });
+const emptyCurves = (): Curves => ({ steps: [], loss: [], learningRate: [], gradNorm: [], tokensPerSecond: [], evalSteps: [], evalLoss: [], custom: new Map() });
 
 /** The training run in progress (one at a time: the engine worker trains one adapter). */
 class TrainingSession {
@@ -106,8 +108,14 @@ class TrainingSession {
       case 'resumed':
         this.status = 'running';
         break;
-      case 'metric':
+      case 'metric': {
+        const series = this.curves.custom.get(e.name) ?? { steps: [], values: [] };
+        series.steps.push(e.step);
+        series.values.push(e.value);
+        this.curves.custom.set(e.name, series);
+        this.version++;
         break;
+      }
     }
   }
 }

@@ -13,7 +13,7 @@ import { LoraAdapter } from '../core/lora';
 import { generate } from '../core/models/generate';
 import { blobSource } from '../core/safetensors';
 import { composeCallbacks } from '../core/train/callbacks';
-import { loraEvalLossFn, loraLossFn, Trainer, type TrainerCallbacks } from '../core/train';
+import { customMetricCallbacks, loraEvalLossFn, loraLossFn, PERPLEXITY, Trainer, type CustomMetric, type TrainerCallbacks } from '../core/train';
 import type { LoraLabDb, StoredModel, StoredRun } from '../storage/db';
 import { getModel } from '../storage/models';
 import { appendLog, putArtifact, putMetric, putRun, readArtifacts, readLog, readMetrics, getRun, updateRun } from '../storage/runs';
@@ -178,7 +178,7 @@ async function runTrainer(db: LoraLabDb, p: Prepared, ctx: RunContext) {
     },
     async onEval(e) {
       ctx.event({ kind: 'eval', step: e.step, loss: e.loss });
-      await putMetric(db, { runId, step: e.step, epoch: 0, loss: null, learningRate: null, gradNorm: null, tokensPerSecond: null, evalLoss: e.loss, custom: {} });
+      await putMetric(db, { runId, step: e.step, epoch: null, loss: null, learningRate: null, gradNorm: null, tokensPerSecond: null, evalLoss: e.loss, custom: {} });
       const improved = bestEvalLoss === null || e.loss < bestEvalLoss;
       if (improved) bestEvalLoss = e.loss;
       evalsWithoutImprovement = improved ? 0 : evalsWithoutImprovement + 1;
@@ -197,6 +197,16 @@ async function runTrainer(db: LoraLabDb, p: Prepared, ctx: RunContext) {
     logger = tensorBoardCallbacks({ writer, flush: (bytes) => appendLog(db, runId, bytes), adapter: { matrices: () => adapterMatrices(adapter) } });
     sets.push(logger);
   }
+
+  // Custom metrics: computed at each log step, plotted live, stored with the curves, logged to TensorBoard.
+  const customMetrics: readonly CustomMetric[] = [PERPLEXITY];
+  sets.push(
+    customMetricCallbacks(customMetrics, async ({ step, name, value }) => {
+      ctx.event({ kind: 'metric', step, name, value });
+      await putMetric(db, { runId, step, epoch: null, loss: null, learningRate: null, gradNorm: null, tokensPerSecond: null, evalLoss: null, custom: { [name]: value } });
+      await logger?.addScalar(name, value, step);
+    }),
+  );
 
   const diagnosis = diagnosisCallbacks({
     totalSteps: trainer.totalSteps,

@@ -371,6 +371,15 @@ describe('not_learning', () => {
     expect(fs[0]!.suggestion).toMatch(/^learning_rate is 0, so the weights never change/);
   });
 
+  test('a learning rate of 0 is not learning even while batch noise makes the loss wander down', () => {
+    // What a real lr-0 run logs: different batches, the same weights. The statistical rule cannot
+    // tell this from slow learning at 8 points; the all-zero learning rate can.
+    const fs = diagnose(makeRun({ points: 8, loss: (i) => 4.4 - 0.02 * i, noise: 0.02, lr: () => 0 }));
+    expect(codes(fs)).toEqual(['not_learning']);
+    expect(fs[0]!.message).toMatch(/learning rate has been 0 at every step/);
+    expect(codes(diagnose(makeRun({ points: 7, loss: () => 4.4, noise: 0.02, lr: () => 0 })))).toEqual(['healthy']);
+  });
+
   test('judged at 30% of the planned steps when that comes before 20 points', () => {
     // 30% of 3000 steps is step 900, the 9th point; with the four after it, 13 points confirm it.
     const h = makeRun({ points: 13, loss: () => 3, noise: 0.005, every: 100, totalSteps: 3000 });

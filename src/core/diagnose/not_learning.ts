@@ -45,6 +45,18 @@ export function findNotLearning(ctx: Context): Finding | null {
     };
   }
 
+  // A learning rate of 0 at every logged step is certain, not statistical: the weights cannot move,
+  // so whatever the loss does is batch-to-batch noise. Say so as soon as there is a curve to show.
+  if (ctx.lr.allZero) {
+    return {
+      code: 'not_learning',
+      severity: 'warning',
+      step: train[0]!.step,
+      message: `The learning rate has been 0 at every step, so the adapter has not changed since step ${train[0]!.step}; the loss only moves with the batches.`,
+      suggestion: suggestion(ctx),
+    };
+  }
+
   const line = new RunningLine();
   const x0 = train[0]!.step;
   const first = train[0]!.value;

@@ -3,7 +3,7 @@ import type { Finding } from '../diagnose/types';
 /** One row of metrics.csv: a training step, with eval_loss where an evaluation ran. */
 export interface MetricsCsvRow {
   readonly step: number;
-  readonly epoch: number;
+  readonly epoch: number | null;
   readonly loss: number | null;
   readonly learningRate: number | null;
   readonly gradNorm: number | null;

@@ -6,3 +6,5 @@ export * from './loss-fns.js';
 export * from './schedule.js';
 export * from './trainer.js';
 export * from './estimate.js';
+export * from './custom-metrics.js';
+export * from './callbacks.js';
