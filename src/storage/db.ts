@@ -2,6 +2,8 @@ import { openDB, type DBSchema, type IDBPDatabase } from 'idb';
 import type { RunConfig } from '../core/config';
 import type { Finding } from '../core/diagnose';
 import type { Dtype } from '../core/safetensors';
+import type { ImportedLog } from './imported-logs';
+import type { DatasetChunk, StoredDataset } from './datasets';
 
 /** A base model as the library lists it. Its weights live in the `tensors` store. */
 export interface StoredModel {
@@ -100,10 +102,13 @@ export interface LoraLabSchema extends DBSchema {
   metrics: { key: [string, number]; value: MetricRow };
   logs: { key: [string, number]; value: LogChunk };
   artifacts: { key: [string, string]; value: RunArtifact };
+  importedLogs: { key: string; value: ImportedLog };
+  datasets: { key: string; value: StoredDataset };
+  datasetChunks: { key: [string, number]; value: DatasetChunk };
 }
 
 export const DB_NAME = 'lora-lab';
-const DB_VERSION = 2;
+const DB_VERSION = 4;
 
 export type LoraLabDb = IDBPDatabase<LoraLabSchema>;
 
@@ -124,6 +129,15 @@ export function openDatabase(): Promise<LoraLabDb> {
         db.createObjectStore('metrics', { keyPath: ['runId', 'step'] });
         db.createObjectStore('logs', { keyPath: ['runId', 'index'] });
         db.createObjectStore('artifacts', { keyPath: ['runId', 'path'] });
+      }
+      if (oldVersion < 3) {
+        // TensorBoard logs imported for comparison (see imported-logs.ts).
+        db.createObjectStore('importedLogs', { keyPath: 'id' });
+      }
+      if (oldVersion < 4) {
+        // Training datasets: a record per file and its raw bytes in slices (see datasets.ts).
+        db.createObjectStore('datasets', { keyPath: 'id' });
+        db.createObjectStore('datasetChunks', { keyPath: ['datasetId', 'index'] });
       }
     },
     blocking() {

@@ -1,6 +1,6 @@
 import type { Finding } from '../core/diagnose';
 import { WorkerError } from '../worker/client';
-import type { ErrorDetail, Progress, RunControl, RunEvent } from '../worker/protocol';
+import type { ErrorDetail, Progress, Requests, RunControl, RunEvent } from '../worker/protocol';
 import { engine } from './engine.svelte';
 import { runs } from './runs.svelte';
 
@@ -41,7 +41,7 @@ class TrainingSession {
     return this.status === 'preparing' || this.status === 'running' || this.status === 'paused' || this.status === 'stopping';
   }
 
-  async start(request: { modelId: string; configYaml: string; trainData: File; valData: File | null }): Promise<void> {
+  async start(request: Requests['train']['payload']): Promise<void> {
     if (this.busy) return;
     this.status = 'preparing';
     this.runId = null;

@@ -3,10 +3,12 @@ import * as tf from '@tensorflow/tfjs';
 import { isUserError } from '../core/errors';
 import { generate, nextTokenDistribution } from '../core/models/generate';
 import { blobSource } from '../core/safetensors';
+import { sweepUnfinishedDatasets } from '../storage/datasets';
 import { openDatabase } from '../storage/db';
 import { importModel } from '../storage/import-model';
 import { sweepUnfinishedImports } from '../storage/models';
 import { selectBackend } from './backend';
+import { estimateStoredRun, importDatasetFile, previewStoredDataset } from './datasets';
 import { useModel } from './loaded-model';
 import type { ErrorDetail, Request, RequestName, Requests, Response, RunControl, ToWorker } from './protocol';
 import { exportRunFiles, trainLora, type RunContext } from './training-run';
@@ -21,6 +23,7 @@ const handlers: { [K in RequestName]: Handler<K> } = {
   async init({ backend }) {
     const info = await selectBackend(backend);
     await sweepUnfinishedImports(await openDatabase());
+    await sweepUnfinishedDatasets(await openDatabase());
     return info;
   },
 
@@ -61,6 +64,18 @@ const handlers: { [K in RequestName]: Handler<K> } = {
 
   async exportRun({ runId }) {
     return { files: await exportRunFiles(await openDatabase(), runId) };
+  },
+
+  async importDataset(payload, ctx) {
+    return importDatasetFile(await openDatabase(), payload, ctx);
+  },
+
+  async previewDataset(payload, ctx) {
+    return previewStoredDataset(await openDatabase(), payload, ctx);
+  },
+
+  async estimateRun(payload, ctx) {
+    return estimateStoredRun(await openDatabase(), payload, ctx);
   },
 };
 

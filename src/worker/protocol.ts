@@ -1,4 +1,6 @@
 import type { Finding } from '../core/diagnose';
+import type { StoredDataset } from '../storage/datasets';
+import type { DatasetPreview, DatasetRef, EstimateRequest, EstimateResult } from './datasets';
 
 /**
  * The one contract between the UI thread and the training worker. Every request carries an id;
@@ -61,14 +63,20 @@ export interface Requests {
   logits: { payload: { modelId: string; tokens: number[] }; result: { logits: Float32Array; vocabSize: number } };
   /**
    * Trains a LoRA adapter; streams RunEvents; ends when the run ends (completed, stopped, diverged).
-   * The config is YAML text (the app's one config format); data files are read by the worker.
+   * The config is YAML text (the app's one config format); data (stored datasets or files) is read by the worker.
    */
   train: {
-    payload: { modelId: string; configYaml: string; trainData: File; valData: File | null };
+    payload: { modelId: string; configYaml: string; trainData: DatasetRef; valData: DatasetRef | null };
     result: { runId: string; reason: 'completed' | 'stopped' | 'diverged' | 'early_stopped'; steps: number };
   };
   /** Every file of a run's output folder (adapter, logs, config.yaml, metrics.csv, diagnosis.json). */
   exportRun: { payload: { runId: string }; result: { files: ExportedFile[] } };
+  /** Checks a dataset file with the model's tokenizer, then stores it (nothing is stored when the check fails). */
+  importDataset: { payload: { modelId: string; file: File; meta: File | null }; result: { dataset: StoredDataset } };
+  /** The first records of a stored dataset as the model sees them, and its counts at seq_len. */
+  previewDataset: { payload: { modelId: string; datasetId: string; seqLen: number; count: number }; result: DatasetPreview };
+  /** Memory, steps and warnings for a config and the chosen data, before anything is loaded. */
+  estimateRun: { payload: EstimateRequest; result: EstimateResult };
 }
 
 export type RequestName = keyof Requests;

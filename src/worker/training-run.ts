@@ -1,6 +1,5 @@
 import * as tf from '@tensorflow/tfjs';
 import { parseRunConfigYaml, resolveTargetModules, runConfigToYaml, runName, unwrapRunConfig, type RunConfig } from '../core/config';
-import { readDataset } from '../core/data/dataset';
 import { evalWindows, packStream, splitValidation, trainWindows, type TokenizedDoc } from '../core/data/packing';
 import { diagnosisCallbacks } from '../core/diagnose/callbacks';
 import type { Finding } from '../core/diagnose';
@@ -11,12 +10,12 @@ import { EventFileWriter } from '../core/logging';
 import { tensorBoardCallbacks } from '../core/logging/tensorboard-callbacks';
 import { LoraAdapter } from '../core/lora';
 import { generate } from '../core/models/generate';
-import { blobSource } from '../core/safetensors';
 import { composeCallbacks } from '../core/train/callbacks';
 import { customMetricCallbacks, loraEvalLossFn, loraLossFn, PERPLEXITY, Trainer, type CustomMetric, type TrainerCallbacks } from '../core/train';
 import type { LoraLabDb, StoredModel, StoredRun } from '../storage/db';
 import { getModel } from '../storage/models';
 import { appendLog, putArtifact, putMetric, putRun, readArtifacts, readLog, readMetrics, getRun, updateRun } from '../storage/runs';
+import { readRunData, type DatasetRef } from './datasets';
 import { useModel } from './loaded-model';
 import type { ExportedFile, Progress, RunControl, RunEvent } from './protocol';
 
@@ -31,8 +30,8 @@ export interface RunContext {
 export interface TrainRequest {
   readonly modelId: string;
   readonly configYaml: string;
-  readonly trainData: File;
-  readonly valData: File | null;
+  readonly trainData: DatasetRef;
+  readonly valData: DatasetRef | null;
 }
 
 /** Host name in event file names, as TensorBoard shows it in its run list. */
@@ -52,16 +51,8 @@ export async function trainLora(db: LoraLabDb, request: TrainRequest, ctx: RunCo
   if (!stored) throw new UserError('base_model', 'is not in the model library any more.', 'Import the model again.');
   const { model, tokenizer } = await useModel(db, request.modelId, (done, total) => ctx.progress({ phase: 'Loading weights', done, total, unit: 'bytes' }));
 
-  const chatTemplate = chatTemplateOf(stored);
-  const read = async (file: File) =>
-    (
-      await readDataset(blobSource(file, file.name), {
-        tokenizer,
-        chatTemplate,
-        signal: ctx.signal,
-        onProgress: (done, total) => ctx.progress({ phase: `Tokenizing ${file.name}`, done, total, unit: 'bytes' }),
-      })
-    ).docs;
+  // Stored datasets and picked files are read the same way the Data panel's check and preview read them.
+  const read = async (ref: DatasetRef) => (await readRunData(db, ref, stored, tokenizer, ctx)).docs;
   let trainDocs: TokenizedDoc[] = await read(request.trainData);
   let valDocs: TokenizedDoc[] = request.valData ? await read(request.valData) : [];
   if (!request.valData && config.val_split > 0) {
@@ -288,16 +279,6 @@ export async function exportRunFiles(db: LoraLabDb, runId: string): Promise<Expo
   files.push({ path: 'metrics.csv', bytes: new TextEncoder().encode(metricsCsv(rows)) });
   if (run.logFile) files.push({ path: `logs/${run.logFile}`, bytes: await readLog(db, runId) });
   return files;
-}
-
-function chatTemplateOf(stored: StoredModel): string | null {
-  if (!stored.files.tokenizerConfig) return null;
-  try {
-    const template = (JSON.parse(stored.files.tokenizerConfig) as { chat_template?: unknown }).chat_template;
-    return typeof template === 'string' ? template : null;
-  } catch {
-    return null;
-  }
 }
 
 async function adapterMatrices(adapter: LoraAdapter) {

@@ -1,0 +1,220 @@
+import type { DatasetFormat, RecordKind } from '../core/data/formats/types';
+import { UserError } from '../core/errors';
+import type { ByteSource } from '../core/safetensors/source';
+import type { LoraLabDb } from './db';
+
+/**
+ * Datasets kept in IndexedDB: the file's raw bytes in slices (like model weights, so a large file is never
+ * held whole) and a small record that the list shows. The bytes are stored as they came, not as token ids:
+ * ids depend on the model's tokenizer, and the same file can train several models.
+ *
+ * This module stores and reads; checking a file (readDataset with a model's tokenizer) is the worker's job
+ * (src/worker/datasets.ts), done before anything is written here.
+ */
+
+export interface DatasetSummary {
+  readonly kind: RecordKind;
+  /** Records read from the file, including those left out (empty, nothing trained). */
+  readonly records: number;
+  /** Tokens of the documents kept, with the tokenizer of `modelName`. */
+  readonly tokens: number;
+  /** The model whose tokenizer checked the file at import; another model may count differently. */
+  readonly modelName: string;
+}
+
+export interface StoredDataset {
+  readonly id: string;
+  /** The file name, extension included: the format is read from it again when the dataset is used. */
+  readonly name: string;
+  /** `importing` until the last slice is written; such leftovers of a crash are swept on start. */
+  readonly status: 'importing' | 'ready';
+  readonly format: DatasetFormat;
+  readonly sizeBytes: number;
+  readonly createdAt: number;
+  /** Slice size the bytes were stored in; every slice but the last is this long. */
+  readonly chunkBytes: number;
+  readonly chunkCount: number;
+  /** The `<name>.meta.json` that came with a .bin (it may give the id width), or null. */
+  readonly metaJson: string | null;
+  readonly summary: DatasetSummary | null;
+}
+
+/** One slice of a dataset file's bytes. */
+export interface DatasetChunk {
+  readonly datasetId: string;
+  readonly index: number;
+  readonly bytes: ArrayBuffer;
+}
+
+/** Slices of 4 MiB: small enough that reading a 1 MiB window of a text file does not fetch much more than it needs. */
+export const DATASET_CHUNK_BYTES = 4 * 1024 * 1024;
+
+/**
+ * Files of this size or more are refused before anything is read. A text dataset is tokenized into memory, and
+ * the ids of 2 GB of text (hundreds of millions of numbers) do not fit a browser tab; a .bin of that size would be
+ * the same ids already. The limit is decimal (2 000 000 000 bytes), so a "2 GB" file is refused whichever way its
+ * size was counted.
+ */
+export const DATASET_LIMIT_BYTES = 2_000_000_000;
+
+/** Throws the message the person sees for a file that is too large to use (checked on the page and in the worker). */
+export function checkDatasetSize(name: string, size: number): void {
+  if (size >= DATASET_LIMIT_BYTES) {
+    throw new UserError(
+      name,
+      `is ${(size / 1e9).toFixed(2)} GB; LoRA Lab takes datasets under 2 GB, since their tokens must fit in this tab's memory.`,
+      'Use a part of it (a LoRA rarely needs more than a few hundred MB of text).',
+    );
+  }
+}
+
+export interface StoreDatasetOptions {
+  readonly name: string;
+  readonly format: DatasetFormat;
+  readonly metaJson?: string | null;
+  readonly summary?: DatasetSummary | null;
+  readonly onProgress?: (doneBytes: number, totalBytes: number) => void;
+  readonly signal?: AbortSignal;
+  /** Bytes the origin may still store; checked before anything is written. */
+  readonly freeBytes?: number;
+  /** Slice size; tests make it tiny so that reads cross slice boundaries. */
+  readonly chunkBytes?: number;
+}
+
+/**
+ * Copies a file into IndexedDB slice by slice. On any failure (a full disk, a cancel, a file that changed while
+ * it was read) what was written is removed again, so a dataset is either fully there or not listed at all.
+ */
+export async function storeDataset(db: LoraLabDb, source: ByteSource, options: StoreDatasetOptions): Promise<StoredDataset> {
+  const chunkBytes = options.chunkBytes ?? DATASET_CHUNK_BYTES;
+  if (!Number.isSafeInteger(chunkBytes) || chunkBytes <= 0) throw new RangeError(`storeDataset: chunkBytes must be a positive integer, not ${chunkBytes}`);
+  checkDatasetSize(options.name, source.size);
+  if (source.size === 0) throw new UserError(options.name, 'is empty (0 bytes).', 'Pick the file that holds the training data.');
+  if (options.freeBytes !== undefined && source.size > options.freeBytes) throw storageFull(options.name, source.size, options.freeBytes);
+
+  const dataset: StoredDataset = {
+    id: crypto.randomUUID(),
+    name: options.name,
+    status: 'importing',
+    format: options.format,
+    sizeBytes: source.size,
+    createdAt: Date.now(),
+    chunkBytes,
+    chunkCount: Math.ceil(source.size / chunkBytes),
+    metaJson: options.metaJson ?? null,
+    summary: options.summary ?? null,
+  };
+  try {
+    await db.put('datasets', dataset);
+    options.onProgress?.(0, source.size);
+    for (let index = 0; index < dataset.chunkCount; index++) {
+      options.signal?.throwIfAborted();
+      const begin = index * chunkBytes;
+      const end = Math.min(source.size, begin + chunkBytes);
+      const bytes = await source.read(begin, end);
+      if (bytes.byteLength !== end - begin) {
+        throw new UserError(options.name, 'became shorter while it was being stored: it was changed on disk.', 'Pick the file again.');
+      }
+      await db.put('datasetChunks', { datasetId: dataset.id, index, bytes: ownedBuffer(bytes) });
+      options.onProgress?.(end, source.size);
+    }
+    // Another tab starting up sweeps records still marked 'importing'; if it did, slices are missing.
+    const tx = db.transaction('datasets', 'readwrite');
+    const current = await tx.store.get(dataset.id);
+    if (current?.status !== 'importing') {
+      tx.done.catch(() => undefined); // rejected by the abort below; the error thrown says why
+      tx.abort();
+      throw new UserError(options.name, 'was removed by another LoRA Lab tab while it was being stored.', 'Import it again, with one tab open.');
+    }
+    const ready: StoredDataset = { ...dataset, status: 'ready' };
+    await tx.store.put(ready);
+    await tx.done;
+    return ready;
+  } catch (e) {
+    await deleteDataset(db, dataset.id).catch(() => undefined);
+    if (isQuotaError(e)) throw storageFull(options.name, source.size, options.freeBytes);
+    throw e;
+  }
+}
+
+/** Datasets ready to use, newest first. */
+export async function listDatasets(db: LoraLabDb): Promise<StoredDataset[]> {
+  const all = await db.getAll('datasets');
+  return all.filter((d) => d.status === 'ready').sort((a, b) => b.createdAt - a.createdAt);
+}
+
+export async function getDataset(db: LoraLabDb, id: string): Promise<StoredDataset | undefined> {
+  const dataset = await db.get('datasets', id);
+  return dataset?.status === 'ready' ? dataset : undefined;
+}
+
+/** Deletes a dataset's record and every slice of it, in one transaction. */
+export async function deleteDataset(db: LoraLabDb, id: string): Promise<void> {
+  const tx = db.transaction(['datasets', 'datasetChunks'], 'readwrite');
+  await Promise.all([
+    tx.objectStore('datasets').delete(id),
+    tx.objectStore('datasetChunks').delete(IDBKeyRange.bound([id], [id, []])),
+    tx.done,
+  ]);
+}
+
+/** Removes imports that never finished (the tab closed or crashed half-way). */
+export async function sweepUnfinishedDatasets(db: LoraLabDb): Promise<number> {
+  const unfinished = (await db.getAll('datasets')).filter((d) => d.status === 'importing');
+  for (const d of unfinished) await deleteDataset(db, d.id);
+  return unfinished.length;
+}
+
+/**
+ * A stored dataset as random-access bytes, named like the original file, so readDataset reads it exactly as it
+ * read the picked file. The last slice read is kept: readers go through a file in order, in windows smaller than a
+ * slice, and would otherwise fetch the same slice again for every window.
+ */
+export function storedDatasetSource(db: LoraLabDb, dataset: StoredDataset): ByteSource {
+  let cached: { index: number; bytes: Uint8Array } | null = null;
+  const slice = async (index: number): Promise<Uint8Array> => {
+    if (cached?.index === index) return cached.bytes;
+    const chunk = await db.get('datasetChunks', [dataset.id, index]);
+    const expected = Math.min(dataset.chunkBytes, dataset.sizeBytes - index * dataset.chunkBytes);
+    if (!chunk || chunk.bytes.byteLength !== expected) {
+      // The browser evicted or damaged part of the origin's storage: the person can only import it again.
+      throw new UserError(dataset.name, `is damaged in this browser's storage (slice ${index + 1} of ${dataset.chunkCount} is missing).`, 'Delete it and import the file again.');
+    }
+    cached = { index, bytes: new Uint8Array(chunk.bytes) };
+    return cached.bytes;
+  };
+  return {
+    name: dataset.name,
+    size: dataset.sizeBytes,
+    async read(begin: number, end: number): Promise<Uint8Array> {
+      if (!Number.isSafeInteger(begin) || !Number.isSafeInteger(end) || begin < 0 || end < begin || end > dataset.sizeBytes) {
+        throw new RangeError(`${dataset.name}: read(${begin}, ${end}) is outside 0..${dataset.sizeBytes}`);
+      }
+      const out = new Uint8Array(end - begin);
+      const size = dataset.chunkBytes;
+      for (let index = Math.floor(begin / size); index * size < end; index++) {
+        const bytes = await slice(index);
+        const from = Math.max(begin, index * size);
+        const to = Math.min(end, index * size + bytes.byteLength);
+        out.set(bytes.subarray(from - index * size, to - index * size), from - begin);
+      }
+      return out;
+    },
+  };
+}
+
+function storageFull(name: string, needed: number, free: number | undefined): UserError {
+  const room = free === undefined ? '' : ` (about ${(Math.max(0, free) / 1e6).toFixed(0)} MB are free)`;
+  return new UserError(name, `does not fit in this browser's storage: it needs ${(needed / 1e6).toFixed(1)} MB${room}.`, 'Delete datasets, runs or models you no longer need, then import it again.');
+}
+
+function isQuotaError(e: unknown): boolean {
+  return e instanceof DOMException && (e.name === 'QuotaExceededError' || e.name === 'NS_ERROR_DOM_QUOTA_REACHED');
+}
+
+/** An ArrayBuffer holding exactly these bytes (a view's buffer may be larger, or shared with other data). */
+function ownedBuffer(bytes: Uint8Array): ArrayBuffer {
+  return bytes.byteOffset === 0 && bytes.byteLength === bytes.buffer.byteLength && bytes.buffer instanceof ArrayBuffer
+    ? bytes.buffer
+    : (bytes.slice().buffer as ArrayBuffer);
+}
