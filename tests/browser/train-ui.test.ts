@@ -1,0 +1,64 @@
+import { afterAll, beforeAll, expect, inject, test } from 'vitest';
+import { openBrowser, type BrowserSession } from './harness';
+import { importFixtureModel, useBackend } from './support/train';
+
+let browser: BrowserSession;
+beforeAll(async () => {
+  browser = await openBrowser();
+  await browser.page.goto(inject('appUrl'));
+  await useBackend(browser.page, 'wasm');
+});
+afterAll(async () => browser?.close());
+
+/** The number after "Step" in the live status, e.g. "12 / 400". */
+async function stepShown(): Promise<number> {
+  const text = (await browser.page.getByTestId('train-status').locator('div', { hasText: 'Step' }).locator('dd').textContent()) ?? '';
+  return Number(text.split('/')[0]);
+}
+
+test('a person trains from the page: start, watch it live, pause, resume, stop; the run is listed', async () => {
+  const { page } = browser;
+  await importFixtureModel(page, 'tiny-gpt2');
+  await page.getByTestId('dataset-file-input').setInputFiles({
+    name: 'phrases.txt',
+    mimeType: 'text/plain',
+    buffer: Buffer.from(Array.from({ length: 40 }, () => 'zebra quilt jinx! '.repeat(10)).join('\n\n')),
+  });
+  await page.getByTestId('dataset-item').first().waitFor({ timeout: 60_000 });
+
+  // Through the form: a long run, so there is time to pause and stop it.
+  await page.getByLabel('Max steps').fill('400');
+  await page.getByLabel('Max steps').press('Tab');
+  await page.getByLabel('Log every').fill('2');
+  await page.getByLabel('Log every').press('Tab');
+  await page.getByLabel('Learning rate').fill('0.01');
+  await page.getByLabel('Learning rate').press('Tab');
+  await page.getByRole('button', { name: 'Start training' }).click();
+
+  await expect.poll(stepShown, { timeout: 60_000 }).toBeGreaterThanOrEqual(6);
+  await expect(page.getByTestId('train-status').textContent()).resolves.toMatch(/\/ 400/);
+  // Live charts: loss (raw + smoothed), learning rate, grad norm, and the custom perplexity metric.
+  for (const title of ['Loss (nats)', 'Learning rate', 'Gradient norm', 'train/perplexity']) {
+    await expect(page.getByRole('img', { name: `${title} chart` }).locator('canvas').count()).resolves.toBe(1);
+  }
+
+  await page.getByRole('button', { name: 'Pause' }).click();
+  await page.getByRole('button', { name: 'Resume' }).waitFor();
+  const paused = await stepShown();
+  await page.waitForTimeout(1500);
+  expect(await stepShown()).toBeLessThanOrEqual(paused + 1); // at most the step in flight finishes
+
+  await page.getByRole('button', { name: 'Resume' }).click();
+  await expect.poll(stepShown, { timeout: 60_000 }).toBeGreaterThan(paused + 2);
+
+  await page.getByRole('button', { name: 'Stop' }).click();
+  await page.getByRole('button', { name: 'Start training' }).waitFor({ timeout: 60_000 });
+  const stoppedAt = await stepShown();
+  expect(stoppedAt).toBeLessThan(400);
+  await expect(page.getByTestId('train-status').textContent()).resolves.toMatch(/stopped/);
+
+  // The run is stored with where it stopped, and its files can be zipped.
+  const row = page.getByTestId('run-item').first();
+  await expect(row.textContent()).resolves.toMatch(new RegExp(`stopped[\\s\\S]*${stoppedAt} / 400`));
+  expect(browser.errors).toEqual([]);
+});
