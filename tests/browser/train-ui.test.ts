@@ -31,8 +31,8 @@ test('a person trains from the page: start, watch it live, pause, resume, stop; 
   await page.getByLabel('Max steps').press('Tab');
   await page.getByLabel('Log every').fill('2');
   await page.getByLabel('Log every').press('Tab');
-  await page.getByLabel('Learning rate').fill('0.01');
-  await page.getByLabel('Learning rate').press('Tab');
+  await page.getByLabel('Learning rate', { exact: true }).fill('0.01');
+  await page.getByLabel('Learning rate', { exact: true }).press('Tab');
   await page.getByRole('button', { name: 'Start training' }).click();
 
   await expect.poll(stepShown, { timeout: 60_000 }).toBeGreaterThanOrEqual(6);
@@ -60,5 +60,12 @@ test('a person trains from the page: start, watch it live, pause, resume, stop; 
   // The run is stored with where it stopped, and its files can be zipped.
   const row = page.getByTestId('run-item').first();
   await expect(row.textContent()).resolves.toMatch(new RegExp(`stopped[\\s\\S]*${stoppedAt} / 400`));
+
+  // Duplicate with changes: the stopped run's config comes back into the form under a new name,
+  // with the cursor on the learning rate.
+  await page.getByRole('button', { name: /^Duplicate .* with changes$/ }).first().click();
+  await expect(page.getByLabel('Output dir').inputValue()).resolves.toBe('./output/run-copy');
+  await expect(page.getByLabel('Learning rate', { exact: true }).inputValue()).resolves.toBe('0.01');
+  await expect(page.evaluate(() => document.activeElement?.id)).resolves.toBe('config-learning_rate');
   expect(browser.errors).toEqual([]);
 });
