@@ -69,3 +69,27 @@ test('a person trains from the page: start, watch it live, pause, resume, stop; 
   await expect(page.evaluate(() => document.activeElement?.id)).resolves.toBe('config-learning_rate');
   expect(browser.errors).toEqual([]);
 });
+
+test('the YAML view and the form edit one config; aliases are named, unknown keys get a suggestion', async () => {
+  const { page } = browser;
+  await page.getByText('YAML (lora-scripts / LLaMA-Factory keys accepted)').click();
+  const yaml = page.getByLabel('Run config as YAML');
+  await yaml.fill('num_train_epochs: 3\nnetwork_dim: 16\nlearning_rate: "2e-4"\noutput_dir: ./output/lr_2e-4\n');
+  await page.getByRole('button', { name: 'Apply YAML' }).click();
+  await expect(page.getByLabel('Epochs').inputValue()).resolves.toBe('3');
+  await expect(page.getByLabel('Rank').inputValue()).resolves.toBe('16');
+  await expect(page.getByLabel('Learning rate', { exact: true }).inputValue()).resolves.toBe('0.0002');
+  const notes = await page.locator('.notes').textContent();
+  expect(notes).toContain('num_train_epochs → epochs');
+  expect(notes).toContain('network_dim → lora_rank');
+
+  // The form writes back into the YAML text.
+  await page.getByLabel('Seed').fill('7');
+  await page.getByLabel('Seed').press('Tab');
+  await expect(yaml.inputValue()).resolves.toMatch(/^seed: 7\b/m);
+
+  await yaml.fill('lora_rnak: 8\n');
+  await page.getByRole('button', { name: 'Apply YAML' }).click();
+  await expect(page.getByRole('alert').filter({ hasText: 'lora_rnak' }).textContent()).resolves.toMatch(/did you mean lora_rank/);
+  await expect(page.getByLabel('Rank').inputValue()).resolves.toBe('16'); // nothing applied
+});
