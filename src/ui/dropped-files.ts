@@ -1,20 +1,30 @@
-/** Files from a drop: a dropped folder is walked (one level of nesting is typical for HF folders). */
-export async function filesFromDrop(transfer: DataTransfer): Promise<{ files: File[]; folderName: string | null }> {
-  const entries = [...transfer.items].map((item) => item.webkitGetAsEntry()).filter((e): e is FileSystemEntry => e !== null);
-  const folder = entries.length === 1 && entries[0]!.isDirectory ? entries[0]!.name : null;
-  const files: File[] = [];
-  for (const entry of entries) files.push(...(await walk(entry)));
-  if (files.length === 0) files.push(...transfer.files);
-  return { files, folderName: folder };
+/** A file from a drop or a picker, with its path inside the chosen folder (`run/logs/events…`). */
+export interface PickedFile {
+  readonly path: string;
+  readonly file: File;
 }
 
-async function walk(entry: FileSystemEntry): Promise<File[]> {
+/** What was dropped: every file, folders walked, and whether any folder was among them. */
+export async function pickedFromDrop(transfer: DataTransfer): Promise<{ files: PickedFile[]; folders: string[] }> {
+  const entries = [...transfer.items].map((item) => item.webkitGetAsEntry()).filter((e): e is FileSystemEntry => e !== null);
+  const files = (await Promise.all(entries.map(walk))).flat();
+  if (files.length === 0) files.push(...[...transfer.files].map((file) => ({ path: file.name, file })));
+  return { files, folders: entries.filter((e) => e.isDirectory).map((e) => e.name) };
+}
+
+/** What a file input gave: a folder picker fills webkitRelativePath, a file picker does not. */
+export function pickedFromInput(input: HTMLInputElement): PickedFile[] {
+  return [...(input.files ?? [])].map((file) => ({ path: file.webkitRelativePath || file.name, file }));
+}
+
+async function walk(entry: FileSystemEntry): Promise<PickedFile[]> {
   if (entry.isFile) {
-    return [await new Promise<File>((resolve, reject) => (entry as FileSystemFileEntry).file(resolve, reject))];
+    const file = await new Promise<File>((resolve, reject) => (entry as FileSystemFileEntry).file(resolve, reject));
+    return [{ path: entry.fullPath.replace(/^\//, ''), file }];
   }
   const reader = (entry as FileSystemDirectoryEntry).createReader();
   const children: FileSystemEntry[] = [];
-  // readEntries returns at most ~100 entries per call; keep asking until it returns none.
+  // readEntries hands out at most ~100 entries per call: ask until it returns none.
   for (;;) {
     const batch = await new Promise<FileSystemEntry[]>((resolve, reject) => reader.readEntries(resolve, reject));
     if (batch.length === 0) break;
@@ -23,10 +33,8 @@ async function walk(entry: FileSystemEntry): Promise<File[]> {
   return (await Promise.all(children.map(walk))).flat();
 }
 
-/** The model's name: the folder's name when a folder was chosen, else the config's name or "model". */
-export function modelNameFrom(files: readonly File[], folderName: string | null): string {
-  if (folderName) return folderName;
-  const relative = files.find((f) => f.webkitRelativePath)?.webkitRelativePath;
-  if (relative?.includes('/')) return relative.slice(0, relative.indexOf('/'));
-  return 'model';
+/** The model's name: the folder's name when a folder was chosen, else "model". */
+export function modelNameFrom(files: readonly PickedFile[]): string {
+  const path = files.find((f) => f.path.includes('/'))?.path;
+  return path ? path.slice(0, path.indexOf('/')) : 'model';
 }
