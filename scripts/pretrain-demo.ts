@@ -34,10 +34,10 @@ import {
   parameterCount,
   parseModelConfig,
   parseModelConfigText,
-  seededRandom,
   type CausalLM,
   type ModelConfig,
 } from '../src/core/models/index.js';
+import { seededRandom } from '../src/core/random.js';
 import { bytesSource, writeSafetensors } from '../src/core/safetensors/index.js';
 import { evaluate, loraEvalLossFn, loraLossFn, modelLossFn, Trainer, type EvalLossFn } from '../src/core/train/index.js';
 

@@ -616,7 +616,7 @@ describe('dropout', () => {
   });
 
   it('drops at rate p over many elements', async () => {
-    const { dropoutMaskArray, streamKey } = await import('../../src/core/lora/random');
+    const { dropoutMaskArray, streamKey } = await import('../../src/core/random');
     for (const p of [0.05, 0.1, 0.5]) {
       const n = 200_000;
       const mask = dropoutMaskArray(streamKey(1, 2, 3), n, p);

@@ -17,12 +17,12 @@ import {
   parameterCount,
   parseModelConfig,
   parseModelConfigText,
-  seededRandom,
   type CausalLM,
   type Linear,
   type LinearApply,
   type ModelConfig,
 } from '../../src/core/models/index';
+import { seededRandom } from '../../src/core/random';
 import { ropeInverseFrequencies } from '../../src/core/models/llama';
 import { bytesSource, readHeader, readTensorBytes, toFloat32, writeSafetensors } from '../../src/core/safetensors/index';
 // Registers the wasm backend; the tests select it explicitly where they want it.

@@ -1,4 +1,4 @@
-import { seededRandom } from '../models/generate.js';
+import { fmix32, seededRandom } from '../random.js';
 
 /**
  * Turning tokenized documents into fixed-length training and validation windows.
@@ -182,14 +182,9 @@ function shuffled(n: number, seed: number): number[] {
 
 /**
  * One 32-bit seed from two numbers. The generator's own mixing is weak for seeds that differ by
- * small steps, so epochs 0, 1, 2… are hashed apart first (murmur3's finaliser).
+ * small steps, so epochs 0, 1, 2… are hashed apart first. (Kept as it was when the demo model was
+ * trained, so `npm run demo:pretrain` reproduces public/demo bit for bit.)
  */
 function mixSeed(seed: number, salt: number): number {
-  let h = (Math.imul(seed >>> 0, 0x9e3779b1) ^ Math.imul(salt >>> 0, 0x85ebca77)) >>> 0;
-  h ^= h >>> 16;
-  h = Math.imul(h, 0x85ebca6b);
-  h ^= h >>> 13;
-  h = Math.imul(h, 0xc2b2ae35);
-  h ^= h >>> 16;
-  return h >>> 0;
+  return fmix32((Math.imul(seed >>> 0, 0x9e3779b1) ^ Math.imul(salt >>> 0, 0x85ebca77)) >>> 0);
 }

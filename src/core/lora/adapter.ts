@@ -3,7 +3,7 @@ import { UserError } from '../errors.js';
 import { loraLinear } from '../kernels/lora_linear.js';
 import { applyLinear, type Linear, type LinearApply } from '../models/linear.js';
 import type { CausalLM } from '../models/model.js';
-import { dropoutMaskArray, streamKey, uniformArray } from './random.js';
+import { dropoutMaskArray, streamKey, uniformArray } from '../random.js';
 import { loraScaling, selectTargets, validateLoraSettings, type LoraSettings } from './settings.js';
 
 /** One adapted projection: y = base(x) + scaling · (dropout(x)·Aᵀ)·Bᵀ, shapes as PEFT stores them. */

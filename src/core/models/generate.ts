@@ -1,5 +1,6 @@
 import * as tf from '@tensorflow/tfjs';
 import type { CausalLM, ForwardOptions } from './model.js';
+import { seededRandom } from '../random.js';
 
 export interface TokenProb {
   readonly id: number;
@@ -48,21 +49,6 @@ export async function nextTokenDistribution(
   const probs = softmax(await lastLogits(model, ids, forward), 1);
   const order = Array.from(probs.keys()).sort((a, b) => probs[b]! - probs[a]! || a - b);
   return order.slice(0, Math.max(0, topK)).map((id) => ({ id, prob: probs[id]! }));
-}
-
-/**
- * Small seeded PRNG (mulberry32) so a sample can be reproduced from its seed in any browser;
- * Math.random cannot be seeded.
- */
-export function seededRandom(seed: number): () => number {
-  let state = seed >>> 0;
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let t = state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 function argmax(values: Float64Array): number {

@@ -1,6 +1,8 @@
 /**
- * Counter-based seeding for LoRA's random draws (A's initialisation, dropout masks).
+ * Seeded randomness for everything that must be reproducible from a run's seed: LoRA's
+ * initialisation and dropout masks, the data order, validation splits and sampling.
  *
+ * Counter-based seeding:
  * Every draw gets its own stream keyed by the numbers that identify it (seed, step, module index, ...),
  * rather than all draws sharing one generator, so that a draw does not depend on how many draws came
  * before it: the mask of step 7 is the same whether the run was resumed at step 5 or not, and adding
@@ -8,7 +10,7 @@
  */
 
 /** Finalizer of MurmurHash3: a bijection on 32 bits with full avalanche, so nearby keys give unrelated streams. */
-function fmix32(h: number): number {
+export function fmix32(h: number): number {
   h ^= h >>> 16;
   h = Math.imul(h, 0x85ebca6b);
   h ^= h >>> 13;
@@ -43,6 +45,12 @@ export function uint32Stream(key: number): () => number {
     t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
     return (t ^ (t >>> 14)) >>> 0;
   };
+}
+
+/** Uniform floats in [0, 1) from a seed: for shuffles and sampling (Math.random cannot be seeded). */
+export function seededRandom(seed: number): () => number {
+  const next = uint32Stream(seed);
+  return () => next() / 4294967296;
 }
 
 /** `n` draws from U[-bound, bound) as float32. */
