@@ -37,8 +37,8 @@ test('a person trains from the page: start, watch it live, pause, resume, stop; 
 
   await expect.poll(stepShown, { timeout: 60_000 }).toBeGreaterThanOrEqual(6);
   await expect(page.getByTestId('train-status').textContent()).resolves.toMatch(/\/ 400/);
-  // Live charts: loss (raw + smoothed), learning rate, grad norm, and the custom perplexity metric.
-  for (const title of ['Loss (nats)', 'Learning rate', 'Gradient norm', 'train/perplexity']) {
+  // Live charts: loss (raw + smoothed), learning rate, grad norm, tokens/s, and the custom perplexity metric.
+  for (const title of ['Loss (nats)', 'Learning rate', 'Gradient norm', 'Tokens per second', 'train/perplexity']) {
     await expect(page.getByRole('img', { name: `${title} chart` }).locator('canvas').count()).resolves.toBe(1);
   }
 
