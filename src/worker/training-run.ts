@@ -10,8 +10,7 @@ import { EventFileWriter } from '../core/logging';
 import { tensorBoardCallbacks } from '../core/logging/tensorboard-callbacks';
 import { LoraAdapter } from '../core/lora';
 import { generate } from '../core/models/generate';
-import { composeCallbacks } from '../core/train/callbacks';
-import { customMetricCallbacks, loraEvalLossFn, loraLossFn, PERPLEXITY, Trainer, type CustomMetric, type TrainerCallbacks } from '../core/train';
+import { composeCallbacks, customMetricCallbacks, loraEvalLossFn, loraLossFn, PERPLEXITY, Trainer, type CustomMetric, type TrainerCallbacks } from '../core/train';
 import type { LoraLabDb, StoredModel, StoredRun } from '../storage/db';
 import { getModel } from '../storage/models';
 import { appendLog, putArtifact, putMetric, putRun, readArtifacts, readLog, readMetrics, getRun, updateRun } from '../storage/runs';
@@ -51,6 +50,11 @@ export async function trainLora(db: LoraLabDb, request: TrainRequest, ctx: RunCo
   if (!stored) throw new UserError('base_model', 'is not in the model library any more.', 'Import the model again.');
   const { model, tokenizer } = await useModel(db, request.modelId, (done, total) => ctx.progress({ phase: 'Loading weights', done, total, unit: 'bytes' }));
 
+  // Checked before the data is read: tokenizing a large file first would waste the person's time.
+  if (config.seq_len > model.config.maxPositions) {
+    throw new UserError('seq_len', `is ${config.seq_len}, but this model handles at most ${model.config.maxPositions} positions.`, `Set seq_len to ${model.config.maxPositions} or less.`);
+  }
+
   // Stored datasets and picked files are read the same way the Data panel's check and preview read them.
   const read = async (ref: DatasetRef) => (await readRunData(db, ref, stored, tokenizer, ctx)).docs;
   let trainDocs: TokenizedDoc[] = await read(request.trainData);
@@ -60,9 +64,6 @@ export async function trainLora(db: LoraLabDb, request: TrainRequest, ctx: RunCo
   }
   const train = trainWindows(packStream(trainDocs, tokenizer.eosId), config.seq_len);
   const evalSet = evalWindows(packStream(valDocs, tokenizer.eosId), config.seq_len);
-  if (config.seq_len > model.config.maxPositions) {
-    throw new UserError('seq_len', `is ${config.seq_len}, but this model handles at most ${model.config.maxPositions} positions.`, `Set seq_len to ${model.config.maxPositions} or less.`);
-  }
 
   const adapter = LoraAdapter.create(
     model,
