@@ -39,7 +39,9 @@ try {
   for (const r of steps) console.log(`  ${r.backend.padEnd(7)} ${r.variant.padEnd(24)} ${r.tokensPerSecond.toFixed(0).padStart(7)} tokens/s  (${r.msPerStep.toFixed(0)} ms/step)`);
   const plain = steps.find((r) => r.backend === 'webgpu' && r.variant.startsWith('plain'));
   const fused = steps.find((r) => r.backend === 'webgpu' && r.variant.startsWith('LoRA'));
-  const wasm = steps.find((r) => r.backend === 'wasm');
+  const wasm = steps.find((r) => r.backend === 'wasm' && r.variant.startsWith('LoRA Lab'));
+  const stockWasm = steps.find((r) => r.backend === 'wasm' && r.variant.includes('stock'));
+  if (wasm && stockWasm) console.log(`  wasm speed-up, LoRA Lab's matmul ÷ stock tfjs: ${(wasm.tokensPerSecond / stockWasm.tokensPerSecond).toFixed(2)}×`);
   if (plain && fused) console.log(`  webgpu step speed-up, fused ÷ plain: ${(fused.tokensPerSecond / plain.tokensPerSecond).toFixed(2)}×`);
   if (wasm && fused) console.log(`  wasm vs webgpu (fused): ${(wasm.tokensPerSecond / fused.tokensPerSecond).toFixed(2)}× the tokens/s`);
 } finally {

@@ -2,6 +2,7 @@ import * as tf from '@tensorflow/tfjs';
 import '../src/worker/backend'; // registers webgpu and wasm, wasm binaries served by the app
 import { packStream, trainWindows } from '../src/core/data/packing';
 import { loraLinearReference } from '../src/core/kernels/lora_linear';
+import { withStockWasmMatMul } from '../src/core/kernels/wasm_matmul';
 import { LoraAdapter } from '../src/core/lora';
 import { parseModelConfig } from '../src/core/models/config';
 import { applyLinear, type LinearApply } from '../src/core/models/linear';
@@ -47,7 +48,15 @@ function plainLora(adapter: LoraAdapter): LinearApply {
   };
 }
 
-async function timeSteps(variant: 'fused' | 'plain', steps: number, warmup: number): Promise<TrainStepRow> {
+type Variant = 'fused' | 'plain' | 'stock-wasm';
+const VARIANT_NAMES: Record<Variant, string> = {
+  fused: 'LoRA kernels (fused)',
+  plain: 'plain tfjs composition',
+  'stock-wasm': 'plain tfjs, stock kernels',
+};
+
+async function timeSteps(variant: Variant, steps: number, warmup: number): Promise<TrainStepRow> {
+  if (variant === 'stock-wasm') return withStockWasmMatMul(() => timeSteps('plain', steps, warmup)).then((r) => ({ ...r, variant: VARIANT_NAMES[variant] }));
   const model = randomModel();
   const adapter = LoraAdapter.create(model, { rank: RANK, alpha: 2 * RANK, dropout: 0, targetModules: ['c_attn'], useRslora: false }, 1);
   const ids = Array.from({ length: (steps + warmup) * BATCH * SEQ_LEN + 1 }, (_, i) => (i * 31 + 7) % 256);
@@ -69,7 +78,9 @@ async function timeSteps(variant: 'fused' | 'plain', steps: number, warmup: numb
   void begin;
   adapter.dispose();
   model.dispose();
-  return { variant: variant === 'fused' ? 'LoRA kernels (fused)' : 'plain tfjs composition', backend: tf.getBackend(), msPerStep: ms, tokensPerSecond: (BATCH * SEQ_LEN * 1000) / ms };
+  // On wasm the adapter path is the plain composition too: what differs is the matmul kernel below it.
+  const name = tf.getBackend() === 'wasm' && variant === 'plain' ? 'LoRA Lab (matmul fix)' : VARIANT_NAMES[variant];
+  return { variant: name, backend: tf.getBackend(), msPerStep: ms, tokensPerSecond: (BATCH * SEQ_LEN * 1000) / ms };
 }
 
 /** A whole training step (forward, backward, clipping, AdamW) at the fixtures' shape, per backend. */
@@ -79,8 +90,9 @@ export async function runTrainStepBench(options: { steps?: number; warmup?: numb
   const rows: TrainStepRow[] = [];
   for (const backend of backends) {
     if (!(await tf.setBackend(backend)) || tf.getBackend() !== backend) throw new Error(`the ${backend} backend did not start`);
-    // On wasm both variants are the same composition (the fused kernels are WebGPU programs).
-    for (const variant of backend === 'webgpu' ? (['plain', 'fused'] as const) : (['plain'] as const)) rows.push(await timeSteps(variant, steps, warmup));
+    // The fused kernels are WebGPU programs; on wasm, LoRA Lab's gain is its BatchMatMul fix
+    // (src/core/kernels/wasm_matmul.ts), measured against tfjs's stock kernel.
+    for (const variant of backend === 'webgpu' ? (['plain', 'fused'] as const) : (['stock-wasm', 'plain'] as const)) rows.push(await timeSteps(variant, steps, warmup));
   }
   return rows;
 }

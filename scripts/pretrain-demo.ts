@@ -38,6 +38,7 @@ import {
   type ModelConfig,
 } from '../src/core/models/index.js';
 import { seededRandom } from '../src/core/random.js';
+import { registerWasmPlainMatMul } from '../src/core/kernels/wasm_matmul.js';
 import { bytesSource, writeSafetensors } from '../src/core/safetensors/index.js';
 import { evaluate, loraEvalLossFn, loraLossFn, modelLossFn, Trainer, type EvalLossFn } from '../src/core/train/index.js';
 
@@ -313,24 +314,17 @@ export const GENERATION_CONFIG = {
 
 /**
  * Pretraining runs on the wasm backend: tfjs's pure-JS cpu backend took ~20 s per step of 2048
- * tokens here, wasm ~1.3 s, and ~0.45 s with the matmul fix below. Two gaps of tfjs-backend-wasm
- * 4.22 are bridged, for this process only, and undone before the LoRA check so that the check
- * runs the app's code path unchanged:
- *
- * 1. No UnsortedSegmentSum kernel, which tf.gather's gradient needs, and the embeddings (wte, wpe)
- *    are read with gather. For a row gather, the gradient is onehot(indices)ᵀ·dy: the same sums,
- *    as one matmul. (OneHot is built as int32 and cast: wasm's float32 OneHot is broken, see
- *    src/core/models/loss.ts.)
- * 2. BatchMatMul with a transpose flag falls back to a slow loop (measured 30 ms instead of 3 ms
- *    for [2048,64]·[256,64]ᵀ); most of a backward pass is such products. Transposing the operand
- *    first and multiplying plainly goes through XNNPACK. Batched (attention) products are left
- *    alone: splitting them into XNNPACK calls was slower.
+ * tokens here, wasm ~1.3 s, and ~0.45 s with the app's matmul fix (src/core/kernels/wasm_matmul.ts,
+ * which the app uses too). One more gap of tfjs-backend-wasm 4.22 is bridged for this process only,
+ * and undone before the LoRA check so that the check runs the app's code path unchanged:
+ * there is no UnsortedSegmentSum kernel, which tf.gather's gradient needs, and the embeddings (wte,
+ * wpe) are read with gather. For a row gather, the gradient is onehot(indices)ᵀ·dy: the same sums,
+ * as one matmul. (OneHot is built as int32 and cast: wasm's float32 OneHot is broken, see
+ * src/core/models/loss.ts.)
  */
 function patchWasmForPretraining(): () => void {
   const gatherGrad = tf.getGradient('GatherV2');
-  const matMul = tf.getKernel('BatchMatMul', 'wasm');
-  const transpose = tf.getKernel('Transpose', 'wasm');
-  if (!gatherGrad || !matMul || !transpose) throw new Error('tfjs changed: GatherV2 gradient or wasm kernels not found');
+  if (!gatherGrad) throw new Error('tfjs changed: GatherV2 gradient not found');
 
   tf.registerGradient({
     kernelName: 'GatherV2',
@@ -352,31 +346,11 @@ function patchWasmForPretraining(): () => void {
     },
   });
 
-  tf.registerKernel({
-    kernelName: 'BatchMatMul',
-    backendName: 'wasm',
-    kernelFunc: (args) => {
-      const { inputs, backend, attrs } = args;
-      const a = inputs['a'] as tf.TensorInfo;
-      const b = inputs['b'] as tf.TensorInfo;
-      const { transposeA, transposeB } = attrs as unknown as { transposeA: boolean; transposeB: boolean };
-      if (a.shape.length !== 2 || b.shape.length !== 2 || (!transposeA && !transposeB)) return matMul.kernelFunc(args);
-      const swap = (t: tf.TensorInfo) => transpose.kernelFunc({ inputs: { x: t }, backend, attrs: { perm: [1, 0] } }) as tf.TensorInfo;
-      const a2 = transposeA ? swap(a) : a;
-      const b2 = transposeB ? swap(b) : b;
-      try {
-        return matMul.kernelFunc({ inputs: { a: a2, b: b2 }, backend, attrs: { ...attrs, transposeA: false, transposeB: false } });
-      } finally {
-        const owner = backend as { disposeData(dataId: object): void };
-        if (a2 !== a) owner.disposeData(a2.dataId);
-        if (b2 !== b) owner.disposeData(b2.dataId);
-      }
-    },
-  });
+  // The app's own fix for wasm's slow transposed products (src/core/kernels/wasm_matmul.ts).
+  registerWasmPlainMatMul();
 
   return () => {
     tf.registerGradient(gatherGrad);
-    tf.registerKernel(matMul);
   };
 }
 

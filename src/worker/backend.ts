@@ -5,6 +5,7 @@ import wasmPlain from '@tensorflow/tfjs-backend-wasm/dist/tfjs-backend-wasm.wasm
 import wasmSimd from '@tensorflow/tfjs-backend-wasm/dist/tfjs-backend-wasm-simd.wasm?url';
 import wasmThreadedSimd from '@tensorflow/tfjs-backend-wasm/dist/tfjs-backend-wasm-threaded-simd.wasm?url';
 import { UserError } from '../core/errors';
+import { registerWasmPlainMatMul } from '../core/kernels/wasm_matmul';
 import type { AdapterSummary, BackendInfo, BackendPreference } from './protocol';
 
 // The wasm binaries are served by the app itself (and precached): nothing comes from a CDN.
@@ -15,6 +16,7 @@ setWasmPaths({
 });
 // The threaded build hangs in a Vite bundle (see shared notes); single-threaded SIMD is what runs.
 tf.env().set('WASM_HAS_MULTITHREAD_SUPPORT', false);
+registerWasmPlainMatMul();
 
 /**
  * Picks the backend: WebGPU when a real (non-fallback) GPU adapter exists, else wasm — a software

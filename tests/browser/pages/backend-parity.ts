@@ -23,14 +23,19 @@ async function stepMath(backend: string) {
   const targets = tf.tensor2d([1, 2, 3, 4, 256, 7, 8, 9, 10, 11], [2, 5], 'int32');
   const mask = tf.tensor2d([1, 1, 0, 1, 1, 1, 1, 1, 0, 1], [2, 5]);
   const lossGrad = tf.grad((l: tf.Tensor) => causalLmLoss(l as tf.Tensor3D, targets, mask))(logits);
+  // Every transpose combination of a 2-D product (wasm reroutes transposed ones, see wasm_matmul.ts).
+  const a = tf.tensor2d(Array.from({ length: 7 * 5 }, (_, i) => Math.sin(i)), [7, 5]);
+  const b = tf.tensor2d(Array.from({ length: 5 * 7 }, (_, i) => Math.cos(i)), [5, 7]);
+  const products = [tf.matMul(a, b), tf.matMul(a, a, false, true), tf.matMul(a, a, true, false), tf.matMul(a, b, true, true)];
   const result = {
     norm: (await norm.data())[0]!,
     clipped: (await Promise.all(clipped.map((g) => g.data()))).flatMap((d) => Array.from(d)),
     variables: (await Promise.all(variables.map((v) => v.data()))).flatMap((d) => Array.from(d)),
     lossGrad: Array.from(await lossGrad.data()),
+    matMul: (await Promise.all(products.map((p) => p.data()))).flatMap((d) => Array.from(d)),
   };
   optimizer.dispose();
-  tf.dispose([...grads, ...clipped, ...variables, norm, logits, targets, mask, lossGrad]);
+  tf.dispose([...grads, ...clipped, ...variables, norm, logits, targets, mask, lossGrad, a, b, ...products]);
   return result;
 }
 
@@ -48,6 +53,7 @@ export async function run(): Promise<Record<string, { norm: number; maxDiff: Rec
         clipped: diff(got.clipped, reference.clipped),
         variables: diff(got.variables, reference.variables),
         lossGrad: diff(got.lossGrad, reference.lossGrad),
+        matMul: diff(got.matMul, reference.matMul),
       },
     };
   }
