@@ -54,17 +54,26 @@ describe('monitoring a real run', () => {
   });
 
   test('a huge learning rate is diagnosed as too high', async () => {
-    // The largest learning rate the config allows, with an update scale of 64 on every linear layer:
-    // the loss stalls and bounces far above what a sane rate reaches on this text (≈1.6 nats).
+    // The largest learning rate and update scale the config allows (alpha 4096 / rank 4) on every
+    // linear layer: the loss stalls and bounces far above what a sane rate reaches on this text.
     const run = await trainInPage(browser.page, {
       modelId,
-      configYaml: config({ learning_rate: 1, lora_alpha: 256, target_modules: 'all-linear', max_steps: 40, log_steps: 1 }),
+      configYaml: config({ learning_rate: 1, lora_alpha: 4096, target_modules: 'all-linear', seed: 5, max_steps: 40, log_steps: 1 }),
       train: { name: 'train.txt', text: trainText },
       val: null,
     });
     const finding = findingsOf(run).find((f) => f.code === 'lr_too_high');
     expect(finding).toBeDefined();
     expect(finding!.suggestion).toMatch(/learning_rate/);
+
+    // The near miss: the same run at a sane rate is healthy.
+    const sane = await trainInPage(browser.page, {
+      modelId,
+      configYaml: config({ learning_rate: '1e-2', lora_alpha: 8, target_modules: 'all-linear', seed: 5, max_steps: 40, log_steps: 1 }),
+      train: { name: 'train.txt', text: trainText },
+      val: null,
+    });
+    expect(findingsOf(sane).map((f) => f.code)).toEqual(['healthy']);
   });
 
   test('a learning rate of 0 is diagnosed as not learning', async () => {
