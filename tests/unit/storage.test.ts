@@ -7,7 +7,7 @@ import * as tf from '@tensorflow/tfjs';
 import { deleteDB } from 'idb';
 import { afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { isUserError, UserError } from '../../src/core/errors';
-import { bytesSource, toFloat32, writeSafetensors, type ByteSource, type TensorToWrite } from '../../src/core/safetensors/index';
+import { bytesSource, writeSafetensors, type ByteSource, type TensorToWrite } from '../../src/core/safetensors/index';
 import { closeDatabase, DB_NAME, openDatabase, type LoraLabDb, type StoredModel } from '../../src/storage/db';
 import { importModel, type ImportOptions } from '../../src/storage/import-model';
 import { loadStoredModel } from '../../src/storage/model-weights';

@@ -1,6 +1,6 @@
 import * as tf from '@tensorflow/tfjs';
 import type { Gpt2Config } from './config.js';
-import { applyLinear, makeLinear, type Linear, type LinearApply } from './linear.js';
+import { applyLinear, makeLinear, type Linear } from './linear.js';
 import type { ModelParts } from './model.js';
 import { attention, causalMask, geluErf, geluTanh, layerNorm, requireWeight, silu, splitHeads } from './ops.js';
 
