@@ -140,6 +140,23 @@ describe('the app in headless Chromium', () => {
     }
   });
 
+  test('a deleted model is gone from the library and can no longer be run', async () => {
+    const id = await importFolder('tiny-gpt2-f16');
+    expect(maxAbsDiff(await logitsInWorker(id, expectedOutputs('tiny-gpt2-f16').tokens), expectedOutputs('tiny-gpt2-f16').logits_base)).toBeLessThan(1e-4);
+    page.once('dialog', (dialog) => void dialog.accept());
+    await page.getByRole('button', { name: 'Delete tiny-gpt2-f16' }).click();
+    await expect.poll(() => page.getByRole('radio', { name: /^tiny-gpt2-f16\b/ }).count()).toBe(0);
+    const error = await page.evaluate(async (modelId) => {
+      try {
+        await window.loraLab!.call('logits', { modelId, tokens: [1, 2, 3] });
+        return null;
+      } catch (e) {
+        return (e as Error).message;
+      }
+    }, id);
+    expect(error).toMatch(/not in the library any more/);
+  });
+
   test('the app requested nothing outside its origin and logged no errors', () => {
     expect(foreignRequests(browser.requests, new URL(appUrl).origin)).toEqual([]);
     expect(browser.errors).toEqual([]);
