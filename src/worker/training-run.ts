@@ -1,5 +1,5 @@
 import * as tf from '@tensorflow/tfjs';
-import { loraSettingsOf, parseRunConfigYaml, runConfigToYaml, runName, unwrapRunConfig, type RunConfig } from '../core/config';
+import { loraSettingsOf, parseRunConfigYaml, trainerOptionsOf, runConfigToYaml, runName, unwrapRunConfig, type RunConfig } from '../core/config';
 import { evalWindows, packStream, splitValidation, trainWindows, type TokenizedDoc } from '../core/data/packing';
 import { diagnosisCallbacks } from '../core/diagnose/callbacks';
 import type { Finding } from '../core/diagnose';
@@ -95,21 +95,7 @@ async function runTrainer(db: LoraLabDb, p: Prepared, ctx: RunContext) {
     lossFn: loraLossFn(model, adapter, config.seed),
     train: p.train,
     eval: hasEval ? { windows: p.evalSet, lossFn: loraEvalLossFn(model, adapter) } : null,
-    options: {
-      batchSize: config.batch_size,
-      gradAccumSteps: config.grad_accum_steps,
-      epochs: config.epochs,
-      maxSteps: config.max_steps,
-      logSteps: config.log_steps,
-      evalSteps: config.eval_steps,
-      saveSteps: config.save_steps,
-      learningRate: config.learning_rate,
-      scheduler: config.lr_scheduler,
-      warmupSteps: config.warmup_steps,
-      weightDecay: config.weight_decay,
-      maxGradNorm: config.max_grad_norm,
-      seed: config.seed,
-    },
+    options: trainerOptionsOf(config),
     callbacks: {
       onStepEnd: (m) => callbacks.onStepEnd?.(m),
       onLog: (m) => callbacks.onLog?.(m),

@@ -3,6 +3,7 @@
  * comparison legends. DOM-free.
  */
 import type { LoraSettings } from '../lora/settings';
+import type { TrainerOptions } from '../train/trainer';
 import type { ModelArch } from '../models/config';
 import { CONFIG_KEYS, runNameOf, type RunConfig, type RunConfigKey } from './schema';
 import { valuesEqual } from './parse';
@@ -70,5 +71,24 @@ export function loraSettingsOf(config: RunConfig, arch: ModelArch): LoraSettings
     dropout: config.lora_dropout,
     targetModules: resolveTargetModules(config, arch),
     useRslora: config.use_rslora,
+  };
+}
+
+/** The trainer's options from a run config: one mapping for the app, the headless runner and scripts. */
+export function trainerOptionsOf(config: RunConfig): TrainerOptions {
+  return {
+    batchSize: config.batch_size,
+    gradAccumSteps: config.grad_accum_steps,
+    epochs: config.epochs,
+    maxSteps: config.max_steps,
+    logSteps: config.log_steps,
+    evalSteps: config.eval_steps,
+    saveSteps: config.save_steps,
+    learningRate: config.learning_rate,
+    scheduler: config.lr_scheduler,
+    warmupSteps: config.warmup_steps,
+    weightDecay: config.weight_decay,
+    maxGradNorm: config.max_grad_norm,
+    seed: config.seed,
   };
 }

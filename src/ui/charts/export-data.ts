@@ -4,6 +4,8 @@
  * Pure functions (no DOM, no clock) so the exports can be checked in unit tests.
  */
 
+import type { MetricRow } from '../../storage/db';
+
 /** One scalar curve of one run, as plotted. */
 export interface PlottedCurve {
   /** The run's display name (unique among the plotted runs). */
@@ -168,17 +170,8 @@ export function legendLabel(name: string, config: Readonly<Record<string, unknow
   return `${name} (${keys.map((k) => `${k} ${formatConfigValue(config[k])}`).join(', ')})`;
 }
 
-/** What a stored curve row holds (the shape of storage's MetricRow, restated so this module stays DOM- and DB-free). */
-export interface CurveRow {
-  readonly step: number;
-  readonly epoch: number | null;
-  readonly loss: number | null;
-  readonly learningRate: number | null;
-  readonly gradNorm: number | null;
-  readonly tokensPerSecond: number | null;
-  readonly evalLoss: number | null;
-  readonly custom: Readonly<Record<string, number>>;
-}
+/** A stored curve row, without its run id (a type only: this module stays free of IndexedDB code). */
+export type CurveRow = Omit<MetricRow, 'runId'>;
 
 /**
  * A run's curve rows as scalars under the tags its TensorBoard file uses, so stored and imported runs share
