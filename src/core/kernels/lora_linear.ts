@@ -1,10 +1,10 @@
 import * as tf from '@tensorflow/tfjs';
-import type { WebGPUBackend, WebGPUProgram } from '@tensorflow/tfjs-backend-webgpu';
+import type { WebGPUBackend } from '@tensorflow/tfjs-backend-webgpu';
 import { LoraMatMulProgram } from './lora_matmul_webgpu';
 import { LoraProjectProgram } from './lora_project_webgpu';
 import { LoraTokenReduceProgram } from './lora_token_reduce_webgpu';
 import { loraLinearReference } from './reference';
-import type { ProgramUniform } from './program_util';
+import { activeWebGPUBackend, runProgram } from './webgpu_run';
 
 export { loraLinearReference };
 
@@ -44,15 +44,8 @@ interface LoraDims {
  */
 export function loraLinear(args: LoraLinearArgs): tf.Tensor2D {
   const dims = checkArgs(args);
-  const backend = webgpuBackend();
+  const backend = activeWebGPUBackend();
   return backend ? fusedLoraLinear(backend, args, dims) : loraLinearReference(args);
-}
-
-/** The webgpu backend when it is the active one; checked per call because the app may switch backends. */
-function webgpuBackend(): WebGPUBackend | null {
-  if (tf.getBackend() !== 'webgpu') return null;
-  const backend = tf.backend() as Partial<WebGPUBackend>;
-  return typeof backend.runWebGPUProgram === 'function' ? (backend as WebGPUBackend) : null;
 }
 
 function fusedLoraLinear(backend: WebGPUBackend, args: LoraLinearArgs, dims: LoraDims): tf.Tensor2D {
@@ -145,16 +138,6 @@ function fusedLoraLinear(backend: WebGPUBackend, args: LoraLinearArgs, dims: Lor
     return { value: y as tf.Tensor2D, gradFunc };
   });
   return op(args.x, args.loraA, args.loraB) as tf.Tensor2D;
-}
-
-function runProgram(
-  backend: WebGPUBackend,
-  program: WebGPUProgram & { uniformData: ProgramUniform[] },
-  inputs: tf.Tensor[],
-): tf.Tensor {
-  const info = backend.runWebGPUProgram(program, inputs, 'float32', program.uniformData);
-  // A bare TensorInfo is invisible to tidy and to tf.memory() but holds a GPU buffer: wrap it at once.
-  return tf.engine().makeTensorFromTensorInfo(info);
 }
 
 function checkArgs(args: LoraLinearArgs): LoraDims {
