@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, inject, test } from 'vitest';
 import { callInPage, openBrowser, type BrowserSession } from './harness';
-import type { CaseResult, KernelCase } from './pages/kernel-checks';
+import type { CaseResult, FrozenCase, KernelCase, checkFrozenLinear } from './pages/kernel-checks';
 
 // The fused LoRA kernels on WebGPU (SwiftShader in CI, so shapes stay small) against the plain tfjs
 // composition on the cpu backend. Odd sizes exercise the tile edges; r covers 1 and 4 (one rank block
@@ -65,6 +65,32 @@ test('optimizer steps through tf.variableGrads match, and the frozen weight gets
   expect(r.fusedGradNames).toEqual(['a_fused', 'b_fused']);
   expect(r.maxParamDiff).toBeLessThan(TOLERANCE);
   expect(r.leakedTensors).toBe(0);
+});
+
+// The same matmul kernel with rank 0 serves every projection without LoRA (frozenLinear).
+const FROZEN_CASES: FrozenCase[] = [
+  { tokens: 1, inFeatures: 24, outFeatures: 40, layout: 'in_out', bias: true },
+  { tokens: 37, inFeatures: 33, outFeatures: 65, layout: 'out_in', bias: false },
+  { tokens: 130, inFeatures: 64, outFeatures: 257, layout: 'out_in', bias: false },
+  { tokens: 130, inFeatures: 257, outFeatures: 64, layout: 'in_out', bias: true },
+];
+
+describe('frozenLinear (no LoRA) matches the stock composition', () => {
+  test.each(FROZEN_CASES.map((c, i) => [`T${c.tokens} ${c.inFeatures}→${c.outFeatures} ${c.layout}${c.bias ? ' +bias' : ''}`, c, i] as const))(
+    '%s',
+    async (_, c, i) => {
+      const r = await callInPage<Awaited<ReturnType<typeof checkFrozenLinear>>>(browser.page, PAGE, 'checkFrozenLinear', c, i + 1);
+      expect(r.gpuErrors).toEqual([]);
+      expect(r.forwardPrograms).toEqual(['loraMatMul']);
+      expect(r.errors.y).toBeLessThan(TOLERANCE);
+      expect(r.errors.dx).toBeLessThan(TOLERANCE);
+      // A trainable weight takes stock tfjs ops and gets its gradient.
+      expect(r.trainablePrograms).not.toContain('loraMatMul');
+      expect(r.trainableWeightGrads).toBe(1);
+      expect(r.errors.trainableY).toBeLessThan(TOLERANCE);
+      expect(r.leakedTensors).toBe(0);
+    },
+  );
 });
 
 test('on another backend loraLinear falls back to the reference composition', async () => {

@@ -4,7 +4,7 @@ import { LoraMatMulProgram } from './lora_matmul_webgpu';
 import { LoraProjectProgram } from './lora_project_webgpu';
 import { LoraTokenReduceProgram } from './lora_token_reduce_webgpu';
 import { loraLinearReference } from './reference';
-import { activeWebGPUBackend, runProgram } from './webgpu_run';
+import { fusedKernelBackend, runProgram } from './webgpu_run';
 
 export { loraLinearReference };
 
@@ -44,7 +44,7 @@ interface LoraDims {
  */
 export function loraLinear(args: LoraLinearArgs): tf.Tensor2D {
   const dims = checkArgs(args);
-  const backend = activeWebGPUBackend();
+  const backend = fusedKernelBackend();
   return backend ? fusedLoraLinear(backend, args, dims) : loraLinearReference(args);
 }
 

@@ -9,6 +9,7 @@ export interface LoraMatMulParams {
   dimN: number;
   /** The contracted dimension of the base matmul. */
   dimK: number;
+  /** 0: the plain base matmul (+ bias), as frozenLinear runs it; low and up are then never read. */
   rank: number;
   /** Multiplies the low-rank term only (uniform: changing it reuses the pipeline). */
   scale: number;

@@ -3,11 +3,20 @@ import type { WebGPUBackend, WebGPUProgram } from '@tensorflow/tfjs-backend-webg
 import type { ProgramUniform } from './program_util';
 
 /**
- * The webgpu backend when it is the active one, else null. Checked per call, not once, because the
- * app may switch backends; every fused op takes its WebGPU path only when this returns a backend.
+ * A tfjs environment flag, true by default. Set to false, every op takes its stock-tfjs composition even
+ * on webgpu: the baseline the benchmarks measure the fused kernels against, and a way around a GPU
+ * driver that miscompiles one of them.
  */
-export function activeWebGPUBackend(): WebGPUBackend | null {
-  if (tf.getBackend() !== 'webgpu') return null;
+export const FUSED_KERNELS_FLAG = 'LORA_LAB_FUSED_KERNELS';
+tf.env().registerFlag(FUSED_KERNELS_FLAG, () => true);
+
+/**
+ * The webgpu backend when it is the active one and fused kernels are on, else null. Checked per call,
+ * not once, because the app may switch backends; every fused op takes its WebGPU path only when this
+ * returns a backend.
+ */
+export function fusedKernelBackend(): WebGPUBackend | null {
+  if (tf.getBackend() !== 'webgpu' || !tf.env().getBool(FUSED_KERNELS_FLAG)) return null;
   const backend = tf.backend() as Partial<WebGPUBackend>;
   return typeof backend.runWebGPUProgram === 'function' ? (backend as WebGPUBackend) : null;
 }

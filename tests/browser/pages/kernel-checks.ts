@@ -1,5 +1,6 @@
 import * as tf from '@tensorflow/tfjs';
 import { loraLinear, loraLinearReference, type LoraLinearArgs } from '../../../src/core/kernels/lora_linear';
+import { frozenLinear, frozenLinearReference } from '../../../src/core/kernels/frozen_linear';
 import { onBackend, relErr, takePrograms, webgpu, withErrorScope } from './webgpu-page';
 
 export { setup } from './webgpu-page';
@@ -181,4 +182,55 @@ export async function checkCpuFallback(): Promise<{ backend: string; maxDiff: nu
   } finally {
     await tf.setBackend('webgpu');
   }
+}
+
+export interface FrozenCase {
+  tokens: number;
+  inFeatures: number;
+  outFeatures: number;
+  layout: 'in_out' | 'out_in';
+  bias: boolean;
+}
+
+/**
+ * frozenLinear (the LoRA matmul kernel at rank 0) on webgpu against the stock composition on cpu: y and
+ * dx, the programs it ran, and that a trainable weight takes the stock path and gets its gradient.
+ */
+export async function checkFrozenLinear(c: FrozenCase, seed: number) {
+  const tensorsBefore = tf.memory().numTensors;
+  const run = async (op: typeof frozenLinear, trainable: boolean) => {
+    const u = (shape: number[], s: number) => tf.randomUniform(shape, -1, 1, 'float32', seed * 16 + s);
+    const weightShape = c.layout === 'in_out' ? [c.inFeatures, c.outFeatures] : [c.outFeatures, c.inFeatures];
+    const w = u(weightShape, 1);
+    const weight = (trainable ? tf.variable(w) : w) as tf.Tensor2D;
+    const bias = c.bias ? (u([c.outFeatures], 2) as tf.Tensor1D) : null;
+    const x = u([c.tokens, c.inFeatures], 3);
+    const dy = u([c.tokens, c.outFeatures], 4);
+    takePrograms();
+    const y = tf.tidy(() => op({ x: x as tf.Tensor2D, weight, layout: c.layout, bias }));
+    const yData = (await y.data()) as Float32Array;
+    const forwardPrograms = takePrograms();
+    const loss = (xIn: tf.Tensor) => tf.sum(tf.mul(op({ x: xIn as tf.Tensor2D, weight, layout: c.layout, bias }), dy)) as tf.Scalar;
+    const dx = tf.grad(loss)(x);
+    const dxData = (await dx.data()) as Float32Array;
+    let weightGrads = 0;
+    if (trainable) {
+      const { value, grads } = tf.variableGrads(() => loss(x), [weight as tf.Variable]);
+      weightGrads = Object.keys(grads).length;
+      tf.dispose([value, ...Object.values(grads)]);
+    }
+    tf.dispose([y, dx, w, weight, x, dy, ...(bias ? [bias] : [])]);
+    return { y: yData, dx: dxData, forwardPrograms, weightGrads };
+  };
+  const { value: fused, gpuErrors } = await withErrorScope(() => run(frozenLinear, false));
+  const reference = await onBackend('cpu', () => run(frozenLinearReference, false));
+  const trainable = await withErrorScope(() => run(frozenLinear, true));
+  return {
+    errors: { y: relErr(fused.y, reference.y), dx: relErr(fused.dx, reference.dx), trainableY: relErr(trainable.value.y, reference.y) },
+    forwardPrograms: fused.forwardPrograms,
+    trainablePrograms: trainable.value.forwardPrograms,
+    trainableWeightGrads: trainable.value.weightGrads,
+    leakedTensors: tf.memory().numTensors - tensorsBefore,
+    gpuErrors: [...gpuErrors, ...trainable.gpuErrors],
+  };
 }

@@ -1,0 +1,120 @@
+// Causal self-attention, backward (AttentionGradProgram): dq, dk and dv in one dispatch.
+//
+//   p[t, j]  = exp(scale * q[t] · k[j] - lse[t])          (stats from attention_stats.wgsl)
+//   ds[t, j] = p[t, j] * (dOut[t] · v[j] - delta[t])
+//   dq[t]    = scale * sum_j ds[t, j] * k[j]
+//   dk[j]    = scale * sum_t ds[t, j] * q[t]              over the query heads of kv head g
+//   dv[j]    = sum_t p[t, j] * dOut[t]                    over the query heads of kv head g
+//
+// Output [rows, (heads + 2·kvHeads)·HEAD_DIM]: the dq columns, then dk, then dv. Threads 0 .. rows·heads-1
+// each own one (query token, head) and sum over its visible keys; the next rows·kvHeads threads each own
+// one (key token, kv head) and sum over the queries that see it, in every head of its group. Both kinds
+// recompute p from the saved statistics rather than reading a [seq, seq] matrix, so nothing of size
+// seq² is ever stored and no thread waits on another (no barriers, no atomics).
+
+const HEAD_DIM : i32 = {{HEAD_DIM}};
+
+fn dotQueryKey(query : ptr<function, array<f32, HEAD_DIM>>, kBase : i32) -> f32 {
+  var s = 0.0;
+  for (var d = 0; d < HEAD_DIM; d++) {
+    s = fma((*query)[d], keys[kBase + d], s);
+  }
+  return s;
+}
+
+fn main(index : i32) {
+  let heads = uniforms.heads;
+  let kvHeads = uniforms.kvHeads;
+  let rows = uniforms.rows;
+  let seq = uniforms.seq;
+  let qStride = heads * HEAD_DIM;
+  let kvStride = kvHeads * HEAD_DIM;
+  let outStride = qStride + 2 * kvStride;
+  let group = heads / kvHeads;
+  let scale = uniforms.scale;
+
+  if (index < rows * heads) {
+    // dq for query token `row`, head h.
+    let row = index / heads;
+    let h = index % heads;
+    let t = row % seq;
+    let seqStart = row - t;
+    let g = h / group;
+    let qBase = row * qStride + h * HEAD_DIM;
+    var query : array<f32, HEAD_DIM>;
+    var grad : array<f32, HEAD_DIM>;
+    for (var d = 0; d < HEAD_DIM; d++) {
+      query[d] = queries[qBase + d] * scale;
+    }
+    let lse = stats[2 * index];
+    let delta = stats[2 * index + 1];
+    var first = 0;
+    if (uniforms.windowSize > 0) {
+      first = max(0, t - uniforms.windowSize + 1);
+    }
+    for (var j = first; j <= t; j++) {
+      let kBase = (seqStart + j) * kvStride + g * HEAD_DIM;
+      let p = exp(dotQueryKey(&query, kBase) - lse);
+      var dp = 0.0;
+      for (var d = 0; d < HEAD_DIM; d++) {
+        dp = fma(dOut[qBase + d], values[kBase + d], dp);
+      }
+      let ds = p * (dp - delta);
+      for (var d = 0; d < HEAD_DIM; d++) {
+        grad[d] = fma(ds, keys[kBase + d], grad[d]);
+      }
+    }
+    let outBase = row * outStride + h * HEAD_DIM;
+    for (var d = 0; d < HEAD_DIM; d++) {
+      setOutputAtIndex(outBase + d, scale * grad[d]);
+    }
+    return;
+  }
+
+  let kvIndex = index - rows * heads;
+  if (kvIndex >= rows * kvHeads) {
+    return;
+  }
+  // dk and dv for key token `row`, kv head g.
+  let row = kvIndex / kvHeads;
+  let g = kvIndex % kvHeads;
+  let j = row % seq;
+  let seqStart = row - j;
+  let kBase = row * kvStride + g * HEAD_DIM;
+  var last = seq - 1;
+  if (uniforms.windowSize > 0) {
+    last = min(last, j + uniforms.windowSize - 1);
+  }
+  var key : array<f32, HEAD_DIM>;
+  var value : array<f32, HEAD_DIM>;
+  var gradK : array<f32, HEAD_DIM>;
+  var gradV : array<f32, HEAD_DIM>;
+  for (var d = 0; d < HEAD_DIM; d++) {
+    key[d] = keys[kBase + d];
+    value[d] = values[kBase + d];
+  }
+  for (var h = g * group; h < (g + 1) * group; h++) {
+    for (var t = j; t <= last; t++) {
+      let qRow = seqStart + t;
+      let qBase = qRow * qStride + h * HEAD_DIM;
+      let statIndex = 2 * (qRow * heads + h);
+      var s = 0.0;
+      var dp = 0.0;
+      for (var d = 0; d < HEAD_DIM; d++) {
+        s = fma(queries[qBase + d], key[d], s);
+        dp = fma(dOut[qBase + d], value[d], dp);
+      }
+      let p = exp(scale * s - stats[statIndex]);
+      let ds = p * (dp - stats[statIndex + 1]);
+      for (var d = 0; d < HEAD_DIM; d++) {
+        gradV[d] = fma(p, dOut[qBase + d], gradV[d]);
+        gradK[d] = fma(ds, queries[qBase + d], gradK[d]);
+      }
+    }
+  }
+  let outBase = row * outStride + qStride + g * HEAD_DIM;
+  for (var d = 0; d < HEAD_DIM; d++) {
+    setOutputAtIndex(outBase + d, scale * gradK[d]);
+    setOutputAtIndex(outBase + kvStride + d, gradV[d]);
+  }
+}

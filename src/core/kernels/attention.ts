@@ -1,0 +1,115 @@
+import * as tf from '@tensorflow/tfjs';
+import type { WebGPUBackend } from '@tensorflow/tfjs-backend-webgpu';
+import { AttentionGradProgram, AttentionProgram, AttentionStatsProgram, type AttentionDims } from './attention_webgpu';
+import { fusedKernelBackend, runProgram } from './webgpu_run';
+
+/** One causal self-attention over a batch of packed sequences, in the projections' token-major layout. */
+export interface AttentionShape {
+  readonly batch: number;
+  readonly seq: number;
+  readonly heads: number;
+  /** Key/value heads; query head h reads kv head floor(h / (heads / kvHeads)), as HF's repeat_kv. */
+  readonly kvHeads: number;
+  readonly headDim: number;
+  /** Multiplies q·k: 1/√headDim, or whatever the architecture says. */
+  readonly scale: number;
+  /** Query t sees keys t − slidingWindow < j ≤ t (Mistral-style); null: every j ≤ t. */
+  readonly slidingWindow: number | null;
+}
+
+/**
+ * Causal scaled-dot-product attention. q [batch·seq, heads·headDim], k and v [batch·seq,
+ * kvHeads·headDim], as the q/k/v projections produce them; returns [batch·seq, heads·headDim], ready
+ * for the output projection. On the webgpu backend: one fused kernel forward and two backward (per-query
+ * statistics, then dq, dk and dv together), with no [seq, seq] tensor and no head transposes.
+ * Elsewhere: `causalAttentionReference`, the same maths in stock tfjs ops.
+ */
+export function causalAttention(q: tf.Tensor2D, k: tf.Tensor2D, v: tf.Tensor2D, shape: AttentionShape): tf.Tensor2D {
+  checkArgs(q, k, v, shape);
+  const backend = fusedKernelBackend();
+  return backend ? fusedAttention(backend, q, k, v, shape) : causalAttentionReference(q, k, v, shape);
+}
+
+function fusedAttention(
+  backend: WebGPUBackend,
+  q: tf.Tensor2D,
+  k: tf.Tensor2D,
+  v: tf.Tensor2D,
+  shape: AttentionShape,
+): tf.Tensor2D {
+  const { batch, seq, heads, kvHeads, headDim, scale, slidingWindow } = shape;
+  const dims: AttentionDims = { rows: batch * seq, seq, heads, kvHeads, headDim, scale, windowSize: slidingWindow ?? 0 };
+  const op = tf.customGrad((...inputs) => {
+    const [qIn, kIn, vIn, save] = inputs as [tf.Tensor2D, tf.Tensor2D, tf.Tensor2D, tf.GradSaveFunc];
+    const out = runProgram(backend, new AttentionProgram(dims), [qIn, kIn, vIn]) as tf.Tensor2D;
+    save([qIn, kIn, vIn, out]);
+    const gradFunc = (dy: tf.Tensor, saved: tf.Tensor[]): tf.Tensor[] => {
+      const [sq, sk, sv, sOut] = saved as [tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor];
+      const stats = runProgram(backend, new AttentionStatsProgram(dims), [sq, sk, sOut, dy]);
+      const packed = runProgram(backend, new AttentionGradProgram(dims), [sq, sk, sv, dy, stats]);
+      stats.dispose();
+      const grads = tf.split(packed, [heads * headDim, kvHeads * headDim, kvHeads * headDim], 1);
+      packed.dispose();
+      return grads;
+    };
+    return { value: out, gradFunc };
+  });
+  return op(q, k, v) as tf.Tensor2D;
+}
+
+/**
+ * Added to the scores of keys a query may not see. Finite rather than -Infinity so that the backward
+ * pass never multiplies 0 by infinity; exp() of it underflows to exactly 0 in float32.
+ */
+const MASKED = -1e9;
+
+/** Additive mask [seq, seq]: 0 where key j is visible from query i, MASKED elsewhere; built on the device. */
+function causalMask(seq: number, slidingWindow: number | null): tf.Tensor2D {
+  const i = tf.range(0, seq, 1, 'int32').reshape([seq, 1]);
+  const j = tf.range(0, seq, 1, 'int32').reshape([1, seq]);
+  const distance = tf.sub(i, j);
+  let visible = tf.greaterEqual(distance, 0);
+  if (slidingWindow !== null) visible = tf.logicalAnd(visible, tf.less(distance, slidingWindow));
+  return tf.where(visible, tf.zeros([seq, seq]), tf.fill([seq, seq], MASKED)) as tf.Tensor2D;
+}
+
+/**
+ * `causalAttention` in stock tfjs ops: heads split out by transposes, scores, additive mask, softmax,
+ * weighted values. Instead of materialising repeated k/v for grouped-query attention, the group's query
+ * heads are stacked along the sequence axis so one batched matmul per kv head serves the whole group.
+ */
+export function causalAttentionReference(q: tf.Tensor2D, k: tf.Tensor2D, v: tf.Tensor2D, shape: AttentionShape): tf.Tensor2D {
+  const { batch, seq, heads, kvHeads, headDim, scale, slidingWindow } = shape;
+  return tf.tidy(() => {
+    const split = (x: tf.Tensor2D, n: number) => x.reshape([batch, seq, n, headDim]).transpose([0, 2, 1, 3]);
+    const group = heads / kvHeads;
+    const qg = tf.mul(split(q, heads), scale).reshape([batch, kvHeads, group * seq, headDim]);
+    const scores = tf.matMul(qg, split(k, kvHeads), false, true).reshape([batch, kvHeads, group, seq, seq]);
+    const probs = tf.softmax(tf.add(scores, causalMask(seq, slidingWindow))).reshape([batch, kvHeads, group * seq, seq]);
+    const out = tf.matMul(probs, split(v, kvHeads)).reshape([batch, heads, seq, headDim]);
+    return out.transpose([0, 2, 1, 3]).reshape([batch * seq, heads * headDim]);
+  });
+}
+
+function checkArgs(q: tf.Tensor2D, k: tf.Tensor2D, v: tf.Tensor2D, s: AttentionShape): void {
+  const fail = (what: string): never => {
+    throw new Error(`causalAttention: ${what}`);
+  };
+  const rows = s.batch * s.seq;
+  for (const [name, n] of [['batch', s.batch], ['seq', s.seq], ['heads', s.heads], ['kvHeads', s.kvHeads], ['headDim', s.headDim]] as const) {
+    if (!Number.isInteger(n) || n < 1) fail(`${name} must be a positive integer, got ${n}`);
+  }
+  if (s.heads % s.kvHeads !== 0) fail(`heads (${s.heads}) must be a multiple of kvHeads (${s.kvHeads})`);
+  if (s.slidingWindow !== null && !(Number.isInteger(s.slidingWindow) && s.slidingWindow >= 1)) {
+    fail(`slidingWindow must be a positive integer or null, got ${s.slidingWindow}`);
+  }
+  const expect = (name: string, t: tf.Tensor, cols: number) => {
+    if (t.dtype !== 'float32') fail(`${name} must be float32, got ${t.dtype}`);
+    if (t.rank !== 2 || t.shape[0] !== rows || t.shape[1] !== cols) {
+      fail(`${name} must be [${rows}, ${cols}], got [${t.shape.join(', ')}]`);
+    }
+  };
+  expect('q', q, s.heads * s.headDim);
+  expect('k', k, s.kvHeads * s.headDim);
+  expect('v', v, s.kvHeads * s.headDim);
+}

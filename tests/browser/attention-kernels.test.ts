@@ -1,0 +1,62 @@
+import { afterAll, beforeAll, describe, expect, inject, test } from 'vitest';
+import { callInPage, openBrowser, type BrowserSession } from './harness';
+import type { AttentionCase, AttentionResult } from './pages/attention-checks';
+
+// The fused causal attention (forward, statistics, gradients) on WebGPU (SwiftShader in CI) against the
+// stock-op composition on the cpu backend. Odd sequence lengths, batch and head counts, head sizes that
+// are not multiples of 4, grouped- and multi-query attention, sliding windows shorter and longer than
+// the sequence, and a batch·seq of 1024.
+const PAGE = '/tests/browser/pages/attention-checks.ts';
+const TOLERANCE = 1e-4; // relative to max(1, max |reference|), float32
+
+const CASES: AttentionCase[] = [
+  { batch: 1, seq: 1, heads: 1, kvHeads: 1, headDim: 1, scale: 1, slidingWindow: null },
+  { batch: 2, seq: 7, heads: 4, kvHeads: 4, headDim: 16, scale: 0.25, slidingWindow: null },
+  { batch: 3, seq: 13, heads: 4, kvHeads: 2, headDim: 8, scale: 1 / Math.sqrt(8), slidingWindow: 5 },
+  { batch: 1, seq: 33, heads: 6, kvHeads: 1, headDim: 5, scale: 0.5, slidingWindow: null },
+  { batch: 2, seq: 9, heads: 2, kvHeads: 2, headDim: 4, scale: 1, slidingWindow: 40 },
+  { batch: 8, seq: 64, heads: 4, kvHeads: 4, headDim: 16, scale: 0.25, slidingWindow: null },
+  { batch: 4, seq: 256, heads: 2, kvHeads: 1, headDim: 8, scale: 0.125, slidingWindow: 100 },
+  { batch: 2, seq: 5, heads: 4, kvHeads: 2, headDim: 6, scale: 0.4, slidingWindow: null, leakCheck: true },
+];
+
+const name = (c: AttentionCase) =>
+  `batch ${c.batch} × seq ${c.seq}, ${c.heads} heads / ${c.kvHeads} kv, d ${c.headDim}` +
+  `${c.slidingWindow ? `, window ${c.slidingWindow}` : ''}${c.leakCheck ? ', IS_TEST leak checks' : ''}`;
+
+let browser: BrowserSession;
+beforeAll(async () => {
+  browser = await openBrowser();
+  await browser.page.goto(`${inject('devUrl')}/tests/browser/pages/blank.html`);
+  const { backend } = await callInPage<{ backend: string }>(browser.page, PAGE, 'setup');
+  expect(backend).toBe('webgpu');
+});
+afterAll(async () => browser?.close());
+
+describe('fused causal attention matches the stock-op composition', () => {
+  test.each(CASES.map((c, i) => [name(c), c, i] as const))('%s', async (_, c, i) => {
+    const r = await callInPage<AttentionResult>(browser.page, PAGE, 'checkAttention', c, i + 1);
+    expect(r.gpuErrors).toEqual([]);
+    // One dispatch forward; backward the statistics, the gradients, and the split of dq | dk | dv.
+    expect(r.forwardPrograms).toEqual(['attention']);
+    expect(r.gradPrograms).toEqual(['attention', 'attentionStats', 'attentionGrad', 'slice', 'slice', 'slice']);
+    expect(r.errors.out).toBeLessThan(TOLERANCE);
+    expect(r.errors.dq).toBeLessThan(TOLERANCE);
+    expect(r.errors.dk).toBeLessThan(TOLERANCE);
+    expect(r.errors.dv).toBeLessThan(TOLERANCE);
+    expect(r.leakedTensors).toBe(0);
+    expect(r.leakedDataIds).toBe(0);
+  });
+});
+
+test('on another backend causalAttention is the reference composition', async () => {
+  const r = await callInPage<{ backend: string; maxDiff: number; programs: number }>(browser.page, PAGE, 'checkCpuFallback');
+  expect(r.backend).toBe('cpu');
+  expect(r.programs).toBe(0);
+  expect(r.maxDiff).toBe(0);
+});
+
+test('the page logged no errors', () => {
+  // The page has no favicon; Chromium's request for one is the only expected 404.
+  expect(browser.errors.filter((e) => !/Failed to load resource: .* 404/.test(e))).toEqual([]);
+});
