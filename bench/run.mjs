@@ -2,11 +2,13 @@
 // npm run bench: measures, in one run on this machine, the fused LoRA kernels against the plain tfjs
 // composition (per layer, forward and forward+backward) and whole training steps on webgpu and wasm.
 // Prints ratios; asserts nothing (speed goals are read from here, not from tests).
-// Options: --quick (tiny shape only, fewer iterations: what a GPU-less machine can afford).
+// Options: --quick (tiny shape only, fewer iterations: what a GPU-less machine can afford);
+// --profile (only where a training step's GPU time goes, fused and plain, kernel by kernel).
 import { createServer } from 'vite';
 import { launchChromium } from '../scripts/chromium.mjs';
 
 const quick = process.argv.includes('--quick');
+const profile = process.argv.includes('--profile');
 const root = new URL('..', import.meta.url).pathname;
 const server = await createServer({ root, server: { host: '127.0.0.1', port: 0 }, logLevel: 'error' });
 await server.listen();
@@ -23,6 +25,23 @@ try {
   });
   console.log(`WebGPU adapter: ${adapter}\n`);
 
+  if (profile) {
+    for (const fused of [true, false]) {
+      const p = await call('/bench/profile-step.ts', 'profileTrainStep', { fused });
+      const gpuMs = p.kernels.reduce((sum, k) => sum + k.ms, 0);
+      console.log(`${fused ? 'Fused kernels' : 'Plain tfjs'}: forward + backward ${p.wallMs.toFixed(0)} ms (${p.waitMs.toFixed(0)} waiting on the GPU), kernel GPU time ${gpuMs.toFixed(0)} ms`);
+      for (const k of p.kernels.slice(0, 15)) console.log(`  ${k.ms.toFixed(1).padStart(7)} ms ${String(k.count).padStart(4)}×  ${k.name}`);
+      console.log('');
+    }
+  } else {
+    await measure();
+  }
+} finally {
+  await browser.close();
+  await server.close();
+}
+
+async function measure() {
   const shapes = quick ? [{ name: 'tiny 64→192', tokens: 512, inFeatures: 64, outFeatures: 192, rank: 8 }] : undefined;
   const kernels = await call('/bench/kernels.ts', 'runKernelBench', { shapes, iterations: quick ? 5 : 10 });
   console.log('LoRA linear (T tokens, r 8): median ms, plain tfjs ÷ fused = speed-up');
@@ -31,6 +50,15 @@ try {
     console.log(
       `  ${s.name.padEnd(24)} T ${s.tokens}  forward ${r.fusedForwardMs.toFixed(1)} vs ${r.referenceForwardMs.toFixed(1)} ms = ${r.forwardSpeedup.toFixed(2)}×` +
         `   fwd+bwd ${r.fusedTrainMs.toFixed(1)} vs ${r.referenceTrainMs.toFixed(1)} ms = ${r.trainSpeedup.toFixed(2)}×`,
+    );
+  }
+
+  const ops = await call('/bench/fused-ops.ts', 'runFusedOpsBench', { iterations: quick ? 5 : 10 });
+  console.log('\nThe other fused ops at the tiny GPT-2\'s shapes: median ms, plain tfjs ÷ fused = speed-up');
+  for (const r of ops) {
+    console.log(
+      `  ${r.name.padEnd(28)} forward ${r.fusedForwardMs.toFixed(1)} vs ${r.referenceForwardMs.toFixed(1)} ms = ${(r.referenceForwardMs / r.fusedForwardMs).toFixed(2)}×` +
+        `   fwd+bwd ${r.fusedTrainMs.toFixed(1)} vs ${r.referenceTrainMs.toFixed(1)} ms = ${(r.referenceTrainMs / r.fusedTrainMs).toFixed(2)}×`,
     );
   }
 
@@ -44,7 +72,4 @@ try {
   if (wasm && stockWasm) console.log(`  wasm speed-up, LoRA Lab's matmul ÷ stock tfjs: ${(wasm.tokensPerSecond / stockWasm.tokensPerSecond).toFixed(2)}×`);
   if (plain && fused) console.log(`  webgpu step speed-up, fused ÷ plain: ${(fused.tokensPerSecond / plain.tokensPerSecond).toFixed(2)}×`);
   if (wasm && fused) console.log(`  wasm vs webgpu (fused): ${(wasm.tokensPerSecond / fused.tokensPerSecond).toFixed(2)}× the tokens/s`);
-} finally {
-  await browser.close();
-  await server.close();
 }

@@ -1,11 +1,10 @@
 import * as tf from '@tensorflow/tfjs';
 import '../src/worker/backend'; // registers webgpu and wasm, wasm binaries served by the app
 import { packStream, trainWindows } from '../src/core/data/packing';
-import { loraLinearReference } from '../src/core/kernels/lora_linear';
 import { withStockWasmMatMul } from '../src/core/kernels/wasm_matmul';
+import { FUSED_KERNELS_FLAG } from '../src/core/kernels/webgpu_run';
 import { LoraAdapter } from '../src/core/lora';
 import { parseModelConfig } from '../src/core/models/config';
-import { applyLinear, type LinearApply } from '../src/core/models/linear';
 import { causalLmLoss } from '../src/core/models/loss';
 import { expectedTensors } from '../src/core/models/manifest';
 import { buildModel, type CausalLM } from '../src/core/models/model';
@@ -27,8 +26,8 @@ export interface TrainStepRow {
   readonly msPerStep: number;
 }
 
-/** Random weights of the right shapes: speed does not depend on the values. */
-function randomModel(): CausalLM {
+/** The fixtures' model with random weights of the right shapes: speed does not depend on the values. */
+export function randomTinyGpt2(): CausalLM {
   const cfg = parseModelConfig(TINY_GPT2);
   const weights = new Map<string, tf.Tensor>();
   let seed = 1;
@@ -39,29 +38,31 @@ function randomModel(): CausalLM {
   return buildModel(cfg, weights);
 }
 
-/** The same LoRA term from stock tfjs ops: the "plain composition" the fused kernels are measured against. */
-function plainLora(adapter: LoraAdapter): LinearApply {
-  return (linear, x) => {
-    const module = adapter.modules.find((m) => m.path === linear.path);
-    if (!module) return applyLinear(linear, x);
-    return loraLinearReference({ x, weight: linear.weight, layout: linear.layout, bias: linear.bias, loraA: module.A, loraB: module.B, scaling: adapter.scaling, dropoutMask: null });
-  };
-}
-
 type Variant = 'fused' | 'plain' | 'stock-wasm';
 const VARIANT_NAMES: Record<Variant, string> = {
-  fused: 'LoRA kernels (fused)',
+  fused: 'LoRA Lab kernels',
   plain: 'plain tfjs composition',
   'stock-wasm': 'plain tfjs, stock kernels',
 };
 
 async function timeSteps(variant: Variant, steps: number, warmup: number): Promise<TrainStepRow> {
   if (variant === 'stock-wasm') return withStockWasmMatMul(() => timeSteps('plain', steps, warmup)).then((r) => ({ ...r, variant: VARIANT_NAMES[variant] }));
-  const model = randomModel();
+  // The plain composition: every op of the step (LoRA linears, norms, attention, activations, loss) in
+  // stock tfjs ops, as the fused ops themselves fall back to when the flag is off.
+  tf.env().set(FUSED_KERNELS_FLAG, variant === 'fused');
+  try {
+    return await timeStepsAsConfigured(variant, steps, warmup);
+  } finally {
+    tf.env().set(FUSED_KERNELS_FLAG, true);
+  }
+}
+
+async function timeStepsAsConfigured(variant: Variant, steps: number, warmup: number): Promise<TrainStepRow> {
+  const model = randomTinyGpt2();
   const adapter = LoraAdapter.create(model, { rank: RANK, alpha: 2 * RANK, dropout: 0, targetModules: ['c_attn'], useRslora: false }, 1);
   const ids = Array.from({ length: (steps + warmup) * BATCH * SEQ_LEN + 1 }, (_, i) => (i * 31 + 7) % 256);
   const train = trainWindows(packStream([{ ids }], null), SEQ_LEN);
-  const linear = variant === 'fused' ? adapter.apply({ training: false }) : plainLora(adapter);
+  const linear = adapter.apply({ training: false });
   const stepStarts: number[] = [];
   const trainer = new Trainer({
     variables: adapter.variables(),
@@ -70,15 +71,13 @@ async function timeSteps(variant: Variant, steps: number, warmup: number): Promi
     options: { batchSize: BATCH, maxSteps: steps + warmup, learningRate: 1e-4, scheduler: 'constant', seed: 1 },
     callbacks: { onStepEnd: () => void stepStarts.push(performance.now()) },
   });
-  const begin = performance.now();
   await trainer.run();
   // Steps after warm-up: pipelines compiled, buffer pools filled.
   const timed = stepStarts.slice(warmup - 1);
   const ms = (timed.at(-1)! - timed[0]!) / (timed.length - 1);
-  void begin;
   adapter.dispose();
   model.dispose();
-  // On wasm the adapter path is the plain composition too: what differs is the matmul kernel below it.
+  // On wasm there are no fused kernels: what differs is LoRA Lab's matmul kernel below the same ops.
   const name = tf.getBackend() === 'wasm' && variant === 'plain' ? 'LoRA Lab (matmul fix)' : VARIANT_NAMES[variant];
   return { variant: name, backend: tf.getBackend(), msPerStep: ms, tokensPerSecond: (BATCH * SEQ_LEN * 1000) / ms };
 }

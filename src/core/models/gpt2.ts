@@ -2,7 +2,8 @@ import * as tf from '@tensorflow/tfjs';
 import type { Gpt2Config } from './config.js';
 import { applyLinear, makeLinear, type Linear } from './linear.js';
 import type { ModelParts } from './model.js';
-import { attention, causalMask, geluErf, geluTanh, layerNorm, requireWeight, silu, splitHeads } from './ops.js';
+import { causalAttention } from '../kernels/attention.js';
+import { geluErf, geluTanh, layerNorm, requireWeight, silu } from './ops.js';
 
 interface Gpt2Block {
   readonly ln1: readonly [tf.Tensor, tf.Tensor];
@@ -52,15 +53,13 @@ export function buildGpt2(cfg: Gpt2Config, weights: ReadonlyMap<string, tf.Tenso
       const tokens = tf.gather(wte, ids.reshape([batch * seq]));
       const positions = tf.gather(wpe, tf.range(0, seq, 1, 'int32'));
       let h = tf.add(tokens.reshape([batch, seq, hiddenSize]), positions).reshape([batch * seq, hiddenSize]) as tf.Tensor2D;
-      const mask = causalMask(seq, null);
       for (let i = 0; i < blocks.length; i++) {
         const b = blocks[i]!;
         let scale = cfg.scaleAttnWeights ? 1 / Math.sqrt(headDim) : 1;
         if (cfg.scaleAttnByInverseLayerIdx) scale /= i + 1;
         const qkv = apply(b.cAttn, layerNorm(h, b.ln1[0], b.ln1[1], cfg.eps));
         const [q, k, v] = tf.split(qkv, 3, 1) as [tf.Tensor2D, tf.Tensor2D, tf.Tensor2D];
-        const heads = (t: tf.Tensor2D) => splitHeads(t, batch, seq, numHeads, headDim);
-        const attn = attention(heads(q), heads(k), heads(v), mask, scale);
+        const attn = causalAttention(q, k, v, { batch, seq, heads: numHeads, kvHeads: numHeads, headDim, scale, slidingWindow: null });
         h = tf.add(h, apply(b.attnProj, attn));
         const x = layerNorm(h, b.ln2[0], b.ln2[1], cfg.eps);
         h = tf.add(h, apply(b.mlpProj, act(apply(b.cFc, x)) as tf.Tensor2D));

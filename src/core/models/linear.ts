@@ -1,4 +1,5 @@
 import * as tf from '@tensorflow/tfjs';
+import { frozenLinear } from '../kernels/frozen_linear.js';
 
 /**
  * One learned projection of the model. Both architectures route every projection through this,
@@ -19,10 +20,8 @@ export interface Linear {
 /** Computes a projection of `x` [tokens, in] to [tokens, out]. */
 export type LinearApply = (linear: Linear, x: tf.Tensor2D) => tf.Tensor2D;
 
-export const applyLinear: LinearApply = (linear, x) => {
-  const y: tf.Tensor2D = tf.matMul(x, linear.weight, false, linear.layout === 'out_in');
-  return linear.bias ? tf.add<tf.Tensor2D>(y, linear.bias) : y;
-};
+/** The plain projection: on webgpu our matmul kernel, elsewhere tf.matMul (see frozenLinear). */
+export const applyLinear: LinearApply = (linear, x) => frozenLinear({ x, weight: linear.weight, layout: linear.layout, bias: linear.bias });
 
 export function makeLinear(
   path: string,

@@ -2,7 +2,8 @@ import * as tf from '@tensorflow/tfjs';
 import type { LlamaConfig } from './config.js';
 import { applyLinear, makeLinear, type Linear } from './linear.js';
 import type { ModelParts } from './model.js';
-import { attention, causalMask, requireWeight, rmsNorm, silu, splitHeads } from './ops.js';
+import { causalAttention } from '../kernels/attention.js';
+import { requireWeight, rmsNorm, silu } from './ops.js';
 
 interface LlamaBlock {
   readonly inputNorm: tf.Tensor;
@@ -48,8 +49,8 @@ export function ropeInverseFrequencies(cfg: LlamaConfig): Float32Array {
   return inv;
 }
 
-/** cos and sin tables [seq, headDim] in HF's layout: the frequencies repeated for both halves. */
-function ropeTables(inv: Float32Array, seq: number): [tf.Tensor2D, tf.Tensor2D] {
+/** cos and sin tables [seq, 1, headDim] in HF's layout: the frequencies repeated for both halves. */
+function ropeTables(inv: Float32Array, seq: number): [tf.Tensor3D, tf.Tensor3D] {
   const half = inv.length;
   const dim = 2 * half;
   const cos = new Float32Array(seq * dim);
@@ -65,14 +66,19 @@ function ropeTables(inv: Float32Array, seq: number): [tf.Tensor2D, tf.Tensor2D] 
       sin[p * dim + half + i] = s;
     }
   }
-  return [tf.tensor2d(cos, [seq, dim]), tf.tensor2d(sin, [seq, dim])];
+  return [tf.tensor3d(cos, [seq, 1, dim]), tf.tensor3d(sin, [seq, 1, dim])];
 }
 
-/** x·cos + rotate_half(x)·sin, with rotate_half(x) = [-x₂, x₁] over the two halves of headDim. */
-function applyRope(x: tf.Tensor4D, cos: tf.Tensor2D, sin: tf.Tensor2D): tf.Tensor4D {
-  const [x1, x2] = tf.split(x, 2, -1);
+/**
+ * x·cos + rotate_half(x)·sin, with rotate_half(x) = [-x₂, x₁] over the two halves of headDim, on the
+ * token-major projection x [batch·seq, heads·headDim]; cos and sin are [seq, 1, headDim] for the broadcast.
+ */
+function applyRope(x: tf.Tensor2D, batch: number, seq: number, headDim: number, cos: tf.Tensor3D, sin: tf.Tensor3D): tf.Tensor2D {
+  const heads = x.shape[1] / headDim;
+  const byHead = x.reshape([batch, seq, heads, headDim]);
+  const [x1, x2] = tf.split(byHead, 2, -1);
   const rotated = tf.concat([tf.neg(x2!), x1!], -1);
-  return tf.add(tf.mul(x, cos), tf.mul(rotated, sin));
+  return tf.add(tf.mul(byHead, cos), tf.mul(rotated, sin)).reshape(x.shape);
 }
 
 export function buildLlama(cfg: LlamaConfig, weights: ReadonlyMap<string, tf.Tensor>): ModelParts {
@@ -100,7 +106,7 @@ export function buildLlama(cfg: LlamaConfig, weights: ReadonlyMap<string, tf.Ten
   const linears = [...blocks.flatMap((b) => [b.q, b.k, b.v, b.o, b.gate, b.up, b.down]), lmHead];
   const invFreq = ropeInverseFrequencies(cfg);
   const { numHeads, numKvHeads, headDim, eps } = cfg;
-  const scale = 1 / Math.sqrt(headDim);
+  const attentionShape = { heads: numHeads, kvHeads: numKvHeads, headDim, scale: 1 / Math.sqrt(headDim), slidingWindow: cfg.slidingWindow };
 
   return {
     linears,
@@ -109,13 +115,12 @@ export function buildLlama(cfg: LlamaConfig, weights: ReadonlyMap<string, tf.Ten
       const [batch, seq] = ids.shape;
       let h = tf.gather(embed, ids.reshape([batch * seq])) as tf.Tensor2D;
       const [cos, sin] = ropeTables(invFreq, seq);
-      const mask = causalMask(seq, cfg.slidingWindow);
       for (const b of blocks) {
         const x = rmsNorm(h, b.inputNorm, eps);
-        const q = applyRope(splitHeads(apply(b.q, x), batch, seq, numHeads, headDim), cos, sin);
-        const k = applyRope(splitHeads(apply(b.k, x), batch, seq, numKvHeads, headDim), cos, sin);
-        const v = splitHeads(apply(b.v, x), batch, seq, numKvHeads, headDim);
-        h = tf.add(h, apply(b.o, attention(q, k, v, mask, scale)));
+        const q = applyRope(apply(b.q, x), batch, seq, headDim, cos, sin);
+        const k = applyRope(apply(b.k, x), batch, seq, headDim, cos, sin);
+        const attn = causalAttention(q, k, apply(b.v, x), { ...attentionShape, batch, seq });
+        h = tf.add(h, apply(b.o, attn));
         const y = rmsNorm(h, b.postAttnNorm, eps);
         const gated = tf.mul(silu(apply(b.gate, y)), apply(b.up, y)) as tf.Tensor2D;
         h = tf.add(h, apply(b.down, gated));

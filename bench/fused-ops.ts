@@ -1,0 +1,107 @@
+import * as tf from '@tensorflow/tfjs';
+import '@tensorflow/tfjs-backend-webgpu';
+import { activation, activationReference } from '../src/core/kernels/activation';
+import { causalAttention, causalAttentionReference, type AttentionShape } from '../src/core/kernels/attention';
+import { weightedNll, weightedNllReference } from '../src/core/kernels/cross_entropy';
+import { frozenLinear, frozenLinearReference } from '../src/core/kernels/frozen_linear';
+import { normalize, normalizeReference } from '../src/core/kernels/norm';
+
+export interface FusedOpRow {
+  name: string;
+  /** Medians in ms, each run awaited to the data on the CPU. */
+  fusedForwardMs: number;
+  referenceForwardMs: number;
+  fusedTrainMs: number;
+  referenceTrainMs: number;
+}
+
+/**
+ * Each fused op of a training step other than the LoRA linear (bench/kernels.ts has that) against its
+ * stock-tfjs reference on webgpu, at the tiny GPT-2's shapes (512 tokens, 64 wide, 4 heads, MLP 256,
+ * vocabulary 257): forward, and forward + backward (gradient for the op's input, as in LoRA training
+ * where the weights are frozen). Medians of `iterations` after `warmup` runs, in alternation.
+ */
+export async function runFusedOpsBench(options: { iterations?: number; warmup?: number } = {}): Promise<FusedOpRow[]> {
+  const { iterations = 10, warmup = 2 } = options;
+  tf.env().set('WEBGPU_CPU_HANDOFF_SIZE_THRESHOLD', 0);
+  if (tf.getBackend() !== 'webgpu') await tf.setBackend('webgpu');
+  if (tf.getBackend() !== 'webgpu') throw new Error('runFusedOpsBench needs the webgpu backend');
+  const rows: FusedOpRow[] = [];
+
+  const bench = async (name: string, x: tf.Tensor, dy: tf.Tensor, fused: (x: tf.Tensor) => tf.Tensor, reference: typeof fused) => {
+    const forward = (f: typeof fused) => async () => {
+      const y = f(x);
+      await y.data();
+      y.dispose();
+    };
+    const train = (f: typeof fused) => async () => {
+      const { value, grads } = tf.valueAndGrads((v: tf.Tensor) => f(v))([x], dy);
+      await Promise.all([value.data(), grads[0]!.data()]);
+      tf.dispose([value, ...grads]);
+    };
+    const [fusedForwardMs, referenceForwardMs] = await medians(forward(fused), forward(reference), iterations, warmup);
+    const [fusedTrainMs, referenceTrainMs] = await medians(train(fused), train(reference), iterations, warmup);
+    rows.push({ name, fusedForwardMs, referenceForwardMs, fusedTrainMs, referenceTrainMs });
+  };
+
+  const input = (shape: number[], seed: number) => tf.randomNormal(shape, 0, 1, 'float32', seed);
+  const x64 = input([512, 64], 1);
+  const x256 = input([512, 256], 2);
+  const dy64 = input([512, 64], 3);
+  const dy256 = input([512, 256], 4);
+  const weight = input([64, 256], 5) as tf.Tensor2D;
+  const gamma = input([64], 6);
+  const beta = input([64], 7);
+
+  const fc = { weight, layout: 'in_out', bias: null } as const;
+  await bench('linear 64→256, no LoRA', x64, dy256, (v) => frozenLinear({ ...fc, x: v as tf.Tensor2D }), (v) => frozenLinearReference({ ...fc, x: v as tf.Tensor2D }));
+  await bench('LayerNorm [512, 64]', x64, dy64, (v) => normalize(v as tf.Tensor2D, gamma, beta, 1e-5, 'layer'), (v) => normalizeReference(v as tf.Tensor2D, gamma, beta, 1e-5, 'layer'));
+  const shape: AttentionShape = { batch: 8, seq: 64, heads: 4, kvHeads: 4, headDim: 16, scale: 0.25, slidingWindow: null };
+  // q, k and v from one tensor: the gradient is then their sum, and the timing is that of the op.
+  await bench('attention 8 × 64, 4 heads', x64, dy64, (v) => causalAttention(v as tf.Tensor2D, v as tf.Tensor2D, v as tf.Tensor2D, shape), (v) => causalAttentionReference(v as tf.Tensor2D, v as tf.Tensor2D, v as tf.Tensor2D, shape));
+  await bench('GELU (tanh) [512, 256]', x256, dy256, (v) => activation(v, 'gelu_tanh'), (v) => activationReference(v, 'gelu_tanh'));
+  tf.dispose([x64, x256, dy64, dy256, weight, gamma, beta]);
+
+  const logits = tf.randomNormal([512, 257], 0, 3, 'float32', 8) as tf.Tensor2D;
+  const targets = tf.randomUniform([512], 0, 257, 'int32', 9) as tf.Tensor1D;
+  const weights = tf.fill([512], 1 / 512) as tf.Tensor1D;
+  const dy = tf.scalar(1);
+  await bench(
+    'cross-entropy [512, 257]',
+    logits,
+    dy,
+    (v) => weightedNll(v as tf.Tensor2D, targets, weights),
+    (v) => weightedNllReference(v as tf.Tensor2D, targets, weights),
+  );
+  tf.dispose([logits, targets, weights, dy]);
+  return rows;
+}
+
+/** Medians of two runners, timed in alternation so that a change in machine load hits both alike. */
+async function medians(
+  a: () => Promise<void>,
+  b: () => Promise<void>,
+  iterations: number,
+  warmup: number,
+): Promise<[number, number]> {
+  for (let i = 0; i < warmup; i++) await a();
+  for (let i = 0; i < warmup; i++) await b();
+  const timesA: number[] = [];
+  const timesB: number[] = [];
+  const time = async (run: () => Promise<void>, into: number[]) => {
+    const start = performance.now();
+    await run();
+    into.push(performance.now() - start);
+  };
+  for (let i = 0; i < iterations; i++) {
+    await time(a, timesA);
+    await time(b, timesB);
+  }
+  return [median(timesA), median(timesB)];
+}
+
+function median(times: number[]): number {
+  const sorted = [...times].sort((x, y) => x - y);
+  const mid = Math.floor(sorted.length / 2);
+  return sorted.length % 2 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
+}
