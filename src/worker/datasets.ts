@@ -5,6 +5,7 @@ import { splitValidation } from '../core/data/packing';
 import { previewRecords, type PreviewRecord } from '../core/data/preview';
 import { loadTokenizer, type TextTokenizer } from '../core/data/tokenizer';
 import { UserError } from '../core/errors';
+import { fusedKernelBackend } from '../core/kernels/webgpu_run';
 import { resolveTargets } from '../core/lora/settings';
 import { parseModelConfigText, type ModelConfig } from '../core/models/config';
 import type { Linear } from '../core/models/linear';
@@ -256,6 +257,8 @@ export async function estimateStoredRun(db: LoraLabDb, request: EstimateRequest,
     maxSteps: config.max_steps,
     trainTokens: trainTokens ?? 0,
     limits: request.limits,
+    // The run will train on this worker's backend: on webgpu its ops take the fused kernels.
+    fusedKernels: fusedKernelBackend() !== null,
     deviceMemoryBytes: request.deviceMemoryBytes,
     tokensPerSecond: request.tokensPerSecond,
   });

@@ -350,6 +350,22 @@ describe('warnings', () => {
     expect(codes(estimateRun(input({ model: cfg, targets, batchSize: 64, seqLen: 1024 })))).not.toContain('buffer_too_large');
   });
 
+  it('with the fused WebGPU kernels there are no attention scores: no buffer warning for them, and less memory', () => {
+    // A small vocabulary, so the [batch, heads, seq, seq] scores are the largest stock-op activation:
+    // 8 × 4 × 1024² × 4 B = 128 MiB + one window over the limit at batch 9.
+    const cfg = parseModelConfig({ model_type: 'gpt2', vocab_size: 257, n_embd: 64, n_layer: 2, n_head: 4, n_positions: 1024 });
+    const targets = gpt2CAttn(cfg);
+    const run = { model: cfg, targets, batchSize: 9, seqLen: 1024, limits: limits128 };
+    const stock = estimateRun(input(run));
+    expect(stock.largestBufferName).toMatch(/^attention scores/);
+    expect(stock.warnings.find((w) => w.code === 'buffer_too_large')?.message).toMatch(/attention scores .* Lower batch_size to 8 or less/);
+    const fused = estimateRun(input({ ...run, fusedKernels: true }));
+    expect(fused.warnings).toEqual([]);
+    expect(fused.largestBufferName).not.toMatch(/scores/);
+    // The scores were three [9, 4, 1024, 1024] tensors per layer, kept and differentiated.
+    expect(fused.memory.activationsBytes).toBeLessThan(stock.memory.activationsBytes / 10);
+  });
+
   it('buffer_too_large suggests the largest batch_size that fits when one window fits', () => {
     const cfg = gpt2Small();
     const limits = { maxBufferSize: 4 * GiB, maxStorageBufferBindingSize: 1 * GiB };

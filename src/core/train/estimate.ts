@@ -67,6 +67,12 @@ export interface RunEstimateInput {
   readonly trainTokens: number;
   /** The WebGPU adapter's limits; null or absent on wasm, where no per-buffer limit is checked. */
   readonly limits?: { readonly maxBufferSize: number; readonly maxStorageBufferBindingSize: number } | null;
+  /**
+   * The run's ops take LoRA Lab's fused WebGPU kernels (training on webgpu): no [seq, seq] attention
+   * tensors, and one tensor per norm, activation and loss where stock tfjs ops make several. Default
+   * false: the stock-op composition that the wasm backend runs.
+   */
+  readonly fusedKernels?: boolean;
   /** Memory the run may use, if the caller knows it; enables the memory_high warning. */
   readonly deviceMemoryBytes?: number | null;
   /** A measured training throughput (input tokens per second), e.g. from a previous run on this device. */
@@ -76,6 +82,7 @@ export interface RunEstimateInput {
 export function estimateRun(input: RunEstimateInput): RunEstimate {
   checkInput(input);
   const { model, targets, rank, batchSize, seqLen } = input;
+  const fused = input.fusedKernels ?? false;
 
   const trainableParameters = targets.reduce((n, t) => n + rank * (t.inFeatures + t.outFeatures), 0);
   const weightShapes = [...expectedTensors(model)];
@@ -86,10 +93,10 @@ export function estimateRun(input: RunEstimateInput): RunEstimate {
   const weightsBytes = baseParameters * F32;
   const loraBytes = trainableParameters * F32;
   const optimizerBytes = 2 * trainableParameters * F32;
-  const activationsBytes = activationBytes(model, targets, rank, batchSize, seqLen, trainableParameters);
+  const activationsBytes = activationBytes(model, targets, rank, batchSize, seqLen, trainableParameters, fused);
   const totalBytes = weightsBytes + loraBytes + optimizerBytes + activationsBytes;
 
-  const buffers = [...weightBuffers(model, weightShapes), ...activationBuffers(model, batchSize, seqLen)];
+  const buffers = [...weightBuffers(model, weightShapes), ...activationBuffers(model, batchSize, seqLen, fused)];
   const largest = buffers.reduce((a, b) => (b.bytes > a.bytes ? b : a));
 
   const warnings: EstimateWarning[] = [];
@@ -102,7 +109,7 @@ export function estimateRun(input: RunEstimateInput): RunEstimate {
         `windows that long. Set seq_len to ${model.maxPositions} or less.`,
     });
   }
-  if (input.limits) warnings.push(...bufferWarnings(model, batchSize, seqLen, buffers, input.limits));
+  if (input.limits) warnings.push(...bufferWarnings(model, batchSize, seqLen, fused, buffers, input.limits));
   if (input.deviceMemoryBytes != null && input.deviceMemoryBytes > 0 && totalBytes > MEMORY_HIGH_FRACTION * input.deviceMemoryBytes) {
     warnings.push(
       memoryWarning(
@@ -189,7 +196,7 @@ function stepCounts(i: RunEstimateInput): { windows: number; stepsPerEpoch: numb
  * released together only when the backward pass ends. So at its end roughly every intermediate
  * of the forward is alive twice: its value and its gradient (`F` below, counted once each).
  *
- *   peak = F + max(F + 2·M, 5·T·V) + 2·P
+ *   peak = F + max(F + 2·M, L·T·V) + 2·P
  *
  *   F      elements of every tensor the forward creates (see forwardFloats: per layer the hidden
  *          states, norms, q/k/v and their head layouts, attention scores, masked scores and probs
@@ -197,14 +204,15 @@ function stepCounts(i: RunEstimateInput): { windows: number; stepsPerEpoch: numb
  *          then the final norm, the logits [tokens, vocab], inputs and per-token loss values).
  *   2·M    the temporaries of one gradient function while it runs (softmax's backward makes two
  *          tensors the size of its input), M being the largest intermediate.
- *   5·T·V  the loss gradient, computed first, when only the forward is alive: softmax, one-hot,
- *          its float copy, the difference and the scaled result, all [tokens, vocab].
+ *   L·T·V  the loss gradient, computed first, when only the forward is alive: with stock ops (L = 5)
+ *          softmax, one-hot, its float copy, the difference and the scaled result, all [tokens, vocab];
+ *          with the fused kernels (L = 1) the one gradient the cross-entropy kernel writes.
  *   2·P    the LoRA gradients of this micro-batch and the running sum over gradient accumulation.
  *
- * It is an upper-ish bound: a few forward tensors are saved by no one and freed early, tensors
- * before the first LoRA target get no gradient, and on WebGPU the fused LoRA kernel keeps less
- * than the stock-op path counted here (the one wasm runs). A Node check against tfjs's cpu backend
- * (tests/unit/estimate.test.ts) finds it 3–21% above the measured peak. Not counted: lora_dropout's
+ * It is an upper-ish bound: a few forward tensors are saved by no one and freed early, and tensors
+ * before the first LoRA target get no gradient. A Node check against tfjs's cpu backend
+ * (tests/unit/estimate.test.ts) finds the stock-op count 3–21% above the measured peak; a browser
+ * check on WebGPU (tests/browser/estimate.test.ts) does the same for the fused-kernel count. Not counted: lora_dropout's
  * mask and masked input ([tokens, in] each per target), and tfjs's WebGPU buffer pool, which keeps
  * freed buffers for reuse, so the browser may report more GPU memory in use than is live.
  * The optimizer step runs after the activations are freed and needs about 5·P (gradients, clipped
@@ -217,11 +225,13 @@ function activationBytes(
   batch: number,
   seq: number,
   loraParams: number,
+  fused: boolean,
 ): number {
   const T = batch * seq;
-  const F = forwardFloats(model, targets, rank, batch, seq);
-  const M = Math.max(...activationBuffers(model, batch, seq).map((b) => b.bytes / F32));
-  const backwardPeak = F + Math.max(F + 2 * M, 5 * T * model.vocabSize) + 2 * loraParams;
+  const F = forwardFloats(model, targets, rank, batch, seq, fused);
+  const M = Math.max(...activationBuffers(model, batch, seq, fused).map((b) => b.bytes / F32));
+  const lossGradients = fused ? 1 : 5;
+  const backwardPeak = F + Math.max(F + 2 * M, lossGradients * T * model.vocabSize) + 2 * loraParams;
   return Math.max(backwardPeak, 5 * loraParams) * F32;
 }
 
@@ -244,21 +254,39 @@ function forwardFloats(
   rank: number,
   batch: number,
   seq: number,
+  fused: boolean,
 ): number {
   const T = batch * seq;
-  // The unfused LoRA branch per target: x·Aᵀ and its scaled copy [T, r], (x·Aᵀ)·Bᵀ and its sum with
-  // the base output [T, out]. The base projection itself is counted with the model.
-  const loraBranch = targets.reduce((n, t) => n + 2 * T * rank + 2 * T * t.outFeatures, 0);
+  // The LoRA branch per target, the base projection itself being counted with the model. Stock ops:
+  // x·Aᵀ and its scaled copy [T, r], (x·Aᵀ)·Bᵀ and its sum with the base output [T, out]. Fused: only
+  // x·Aᵀ [T, r], the term being added in the base matmul's epilogue.
+  const loraBranch = targets.reduce((n, t) => n + (fused ? T * rank : 2 * T * rank + 2 * T * t.outFeatures), 0);
   // The batch's ids, targets and mask, and the loss's per-token values (flat targets, weights,
   // row max, log-sum-exp, picked logit, losses): small next to the rest.
   const inputsAndLoss = 10 * T;
-  const body = model.arch === 'gpt2' ? gpt2Floats(model, batch, seq) : llamaFloats(model, batch, seq);
+  const body = model.arch === 'gpt2' ? gpt2Floats(model, batch, seq, fused) : llamaFloats(model, batch, seq, fused);
   return body + loraBranch + inputsAndLoss + T * model.vocabSize /* logits */;
 }
 
-function gpt2Floats(c: Gpt2Config, batch: number, seq: number): number {
+function gpt2Floats(c: Gpt2Config, batch: number, seq: number, fused: boolean): number {
   const T = batch * seq;
   const H = c.hiddenSize;
+  const embeddings = T * H /* wte rows */ + seq * H /* wpe rows */ + T * H; /* their sum */
+  if (fused) {
+    // Each projection writes one [T, out] with its bias added in the kernel; each norm, the activation
+    // and the attention write one tensor (attention needs no mask and keeps no [seq, seq] scores).
+    const perLayer =
+      T * H + // ln_1
+      3 * T * H + // c_attn [T, 3H]
+      3 * T * H + // split into q, k, v
+      T * H + // attention
+      T * H + // attn c_proj
+      T * H + // ln_2
+      2 * T * c.intermediateSize + // c_fc, activation
+      T * H + // mlp c_proj
+      2 * T * H; // two residual adds
+    return embeddings + c.numLayers * perLayer + T * H /* ln_f */;
+  }
   const scores = batch * c.numHeads * seq * seq;
   // layerNorm: x − mean, its square, ·rsqrt, ·weight, +bias → 5 [T, H] (+ 4 [T, 1] statistics).
   const norm = 5 * T * H + 4 * T;
@@ -273,24 +301,39 @@ function gpt2Floats(c: Gpt2Config, batch: number, seq: number): number {
     2 * T * H + // mlp c_proj and +bias
     2 * T * H + // two residual adds
     (2 + GPT2_ACTIVATION_OPS[c.activation]) * T * c.intermediateSize; // c_fc, +bias, activation
-  const embeddings = T * H /* wte rows */ + seq * H /* wpe rows */ + T * H; /* their sum */
   const mask = 5 * seq * seq; // distance, comparison, zeros, fill, where
   return embeddings + mask + c.numLayers * perLayer + norm /* ln_f */;
 }
 
-function llamaFloats(c: LlamaConfig, batch: number, seq: number): number {
+function llamaFloats(c: LlamaConfig, batch: number, seq: number, fused: boolean): number {
   const T = batch * seq;
   const H = c.hiddenSize;
   const I = c.intermediateSize;
   const qDim = c.numHeads * c.headDim;
   const kvDim = c.numKvHeads * c.headDim;
+  // RoPE on a [T, d] tensor: two halves, −x₂, their concat, ·cos, ·sin, the sum → 5.5 × T·d.
+  const rope = (d: number): number => 5.5 * T * d;
+  const embeddings = T * H + 2 * seq * c.headDim; /* cos and sin tables */
+  if (fused) {
+    // Projections write one [T, out] with any bias added in the kernel; RoPE is stock ops either way.
+    const perLayer =
+      T * H + // input norm
+      T * qDim + rope(qDim) + // q_proj, rotated
+      T * kvDim + rope(kvDim) + // k_proj, rotated
+      T * kvDim + // v_proj
+      T * qDim + // attention
+      T * H + // o_proj
+      T * H + // post-attention norm
+      4 * T * I + // gate, up, silu(gate), silu·up
+      T * H + // down_proj
+      2 * T * H; // two residual adds
+    return embeddings + c.numLayers * perLayer + T * H /* final norm */;
+  }
   // Grouped-query attention stacks a kv head's query heads along the sequence, so the scores have
   // batch · heads · seq · seq elements whatever the kv head count.
   const scores = batch * c.numHeads * seq * seq;
   // RMSNorm: x², ·rsqrt, ·weight → 3 [T, H] (+ 3 [T, 1]).
   const norm = 3 * T * H + 3 * T;
-  // RoPE on a [T, d] tensor: two halves, −x₂, their concat, ·cos, ·sin, the sum → 5.5 × T·d.
-  const rope = (d: number): number => 5.5 * T * d;
   const perLayer =
     2 * norm +
     T * qDim + T * qDim + rope(qDim) + // q_proj, to heads, rotated
@@ -305,7 +348,6 @@ function llamaFloats(c: LlamaConfig, batch: number, seq: number): number {
     (c.attentionBias ? T * (qDim + 2 * kvDim) : 0) +
     (c.attentionOutputBias ? T * H : 0) +
     (c.mlpBias ? T * (2 * I + H) : 0);
-  const embeddings = T * H + 2 * seq * c.headDim; /* cos and sin tables */
   const mask = (c.slidingWindow === null ? 5 : 7) * seq * seq;
   return embeddings + mask + c.numLayers * perLayer + norm /* final norm */;
 }
@@ -323,14 +365,20 @@ interface Buffer {
  * The biggest activations, each one tensor in one GPU buffer. Every one is bound whole as a
  * storage buffer by some kernel, so each must fit maxStorageBufferBindingSize (and maxBufferSize).
  */
-function activationBuffers(model: ModelConfig, batch: number, seq: number): Buffer[] {
+function activationBuffers(model: ModelConfig, batch: number, seq: number, fused: boolean): Buffer[] {
   const T = batch * seq;
   const out: Buffer[] = [
-    // The loss gradient makes several more of this size: softmax, one-hot, difference.
+    // The loss gradient makes several more of this size: softmax, one-hot, difference (stock ops).
     { name: 'logits [batch·seq_len, vocab]', bytes: T * model.vocabSize * F32, kind: 'activation' },
-    { name: 'attention scores [batch, heads, seq_len, seq_len]', bytes: batch * model.numHeads * seq * seq * F32, kind: 'activation' },
     { name: 'MLP activations [batch·seq_len, intermediate]', bytes: T * model.intermediateSize * F32, kind: 'activation' },
   ];
+  if (fused) {
+    // The attention gradient kernel writes dq | dk | dv as one tensor.
+    const qkv = (model.numHeads + 2 * model.numKvHeads) * model.headDim;
+    out.push({ name: 'q/k/v gradient [batch·seq_len, (heads + 2·kv heads)·head_dim]', bytes: T * qkv * F32, kind: 'activation' });
+  } else {
+    out.push({ name: 'attention scores [batch, heads, seq_len, seq_len]', bytes: batch * model.numHeads * seq * seq * F32, kind: 'activation' });
+  }
   if (model.arch === 'gpt2') {
     out.push({ name: 'fused q/k/v projection [batch·seq_len, 3·hidden]', bytes: T * 3 * model.hiddenSize * F32, kind: 'activation' });
   }
@@ -354,6 +402,7 @@ function bufferWarnings(
   model: ModelConfig,
   batch: number,
   seq: number,
+  fused: boolean,
   buffers: readonly Buffer[],
   limits: NonNullable<RunEstimateInput['limits']>,
 ): EstimateWarning[] {
@@ -375,9 +424,9 @@ function bufferWarnings(
   const activation = buffers.filter((b) => b.kind === 'activation' && b.bytes > limit);
   if (activation.length > 0) {
     const worst = activation.reduce((a, b) => (b.bytes > a.bytes ? b : a));
-    const fits = (b: number, s: number): boolean => activationBuffers(model, b, s).every((x) => x.bytes <= limit);
+    const fits = (b: number, s: number): boolean => activationBuffers(model, b, s, fused).every((x) => x.bytes <= limit);
     // Every activation buffer grows linearly with batch, so the largest batch that fits is direct.
-    const perWindow = Math.max(...activationBuffers(model, 1, seq).map((x) => x.bytes));
+    const perWindow = Math.max(...activationBuffers(model, 1, seq, fused).map((x) => x.bytes));
     const maxBatch = Math.floor(limit / perWindow);
     let fix: string;
     if (maxBatch >= 1) {
