@@ -1,5 +1,6 @@
 import * as tf from '@tensorflow/tfjs';
 import '@tensorflow/tfjs-backend-webgpu';
+import { medians } from './timing';
 import { activation, activationReference } from '../src/core/kernels/activation';
 import { causalAttention, causalAttentionReference, type AttentionShape } from '../src/core/kernels/attention';
 import { weightedNll, weightedNllReference } from '../src/core/kernels/cross_entropy';
@@ -75,33 +76,4 @@ export async function runFusedOpsBench(options: { iterations?: number; warmup?: 
   );
   tf.dispose([logits, targets, weights, dy]);
   return rows;
-}
-
-/** Medians of two runners, timed in alternation so that a change in machine load hits both alike. */
-async function medians(
-  a: () => Promise<void>,
-  b: () => Promise<void>,
-  iterations: number,
-  warmup: number,
-): Promise<[number, number]> {
-  for (let i = 0; i < warmup; i++) await a();
-  for (let i = 0; i < warmup; i++) await b();
-  const timesA: number[] = [];
-  const timesB: number[] = [];
-  const time = async (run: () => Promise<void>, into: number[]) => {
-    const start = performance.now();
-    await run();
-    into.push(performance.now() - start);
-  };
-  for (let i = 0; i < iterations; i++) {
-    await time(a, timesA);
-    await time(b, timesB);
-  }
-  return [median(timesA), median(timesB)];
-}
-
-function median(times: number[]): number {
-  const sorted = [...times].sort((x, y) => x - y);
-  const mid = Math.floor(sorted.length / 2);
-  return sorted.length % 2 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
 }

@@ -11,16 +11,7 @@
 // one (key token, kv head) and sum over the queries that see it, in every head of its group. Both kinds
 // recompute p from the saved statistics rather than reading a [seq, seq] matrix, so nothing of size
 // seq² is ever stored and no thread waits on another (no barriers, no atomics).
-
-const HEAD_DIM : i32 = {{HEAD_DIM}};
-
-fn dotQueryKey(query : ptr<function, array<f32, HEAD_DIM>>, kBase : i32) -> f32 {
-  var s = 0.0;
-  for (var d = 0; d < HEAD_DIM; d++) {
-    s = fma((*query)[d], keys[kBase + d], s);
-  }
-  return s;
-}
+// Layouts, heads and visibility as in attention_common.wgsl, which precedes this file.
 
 fn main(index : i32) {
   let heads = uniforms.heads;
@@ -48,13 +39,9 @@ fn main(index : i32) {
     }
     let lse = stats[2 * index];
     let delta = stats[2 * index + 1];
-    var first = 0;
-    if (uniforms.windowSize > 0) {
-      first = max(0, t - uniforms.windowSize + 1);
-    }
-    for (var j = first; j <= t; j++) {
+    for (var j = firstVisibleKey(t); j <= t; j++) {
       let kBase = (seqStart + j) * kvStride + g * HEAD_DIM;
-      let p = exp(dotQueryKey(&query, kBase) - lse);
+      let p = exp(score(&query, kBase) - lse);
       var dp = 0.0;
       for (var d = 0; d < HEAD_DIM; d++) {
         dp = fma(dOut[qBase + d], values[kBase + d], dp);
@@ -81,10 +68,7 @@ fn main(index : i32) {
   let j = row % seq;
   let seqStart = row - j;
   let kBase = row * kvStride + g * HEAD_DIM;
-  var last = seq - 1;
-  if (uniforms.windowSize > 0) {
-    last = min(last, j + uniforms.windowSize - 1);
-  }
+  let last = lastQuerySeeing(j, seq);
   var key : array<f32, HEAD_DIM>;
   var value : array<f32, HEAD_DIM>;
   var gradK : array<f32, HEAD_DIM>;

@@ -8,8 +8,8 @@
 // One thread per row: it walks its row's columns in registers, so there is no workgroup memory and no
 // barrier (barriers are very expensive on SwiftShader). The dispatch is flat over rows.
 // A bias the program does not have is bound to a stand-in buffer and never read.
+// rowStats and IS_RMS are in norm_stats.wgsl, which precedes this file.
 
-const IS_RMS : bool = {{IS_RMS}};
 const HAS_BIAS : bool = {{HAS_BIAS}};
 
 fn main(row : i32) {
@@ -18,23 +18,9 @@ fn main(row : i32) {
     return;
   }
   let start = row * cols;
-  let invCols = 1.0 / f32(cols);
-
-  var mean = 0.0;
-  if (!IS_RMS) {
-    var sum = 0.0;
-    for (var c = 0; c < cols; c++) {
-      sum += x[start + c];
-    }
-    mean = sum * invCols;
-  }
-  // Two passes rather than E[x²] - E[x]², which loses digits when the mean is large.
-  var squares = 0.0;
-  for (var c = 0; c < cols; c++) {
-    let d = x[start + c] - mean;
-    squares = fma(d, d, squares);
-  }
-  let rstd = inverseSqrt(squares * invCols + uniforms.eps);
+  let stats = rowStats(start, cols);
+  let mean = stats.x;
+  let rstd = stats.y;
 
   for (var c = 0; c < cols; c++) {
     var value : f32;

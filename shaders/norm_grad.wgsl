@@ -6,8 +6,7 @@
 //
 // mean and rstd are recomputed from x (cheap: one thread per row) rather than saved by the forward pass.
 // As in norm.wgsl, one thread walks one row in registers: no workgroup memory, no barrier; flat dispatch.
-
-const IS_RMS : bool = {{IS_RMS}};
+// rowStats and IS_RMS are in norm_stats.wgsl, which precedes this file.
 
 fn main(row : i32) {
   let cols = uniforms.cols;
@@ -16,21 +15,9 @@ fn main(row : i32) {
   }
   let start = row * cols;
   let invCols = 1.0 / f32(cols);
-
-  var mean = 0.0;
-  if (!IS_RMS) {
-    var sum = 0.0;
-    for (var c = 0; c < cols; c++) {
-      sum += x[start + c];
-    }
-    mean = sum * invCols;
-  }
-  var squares = 0.0;
-  for (var c = 0; c < cols; c++) {
-    let d = x[start + c] - mean;
-    squares = fma(d, d, squares);
-  }
-  let rstd = inverseSqrt(squares * invCols + uniforms.eps);
+  let stats = rowStats(start, cols);
+  let mean = stats.x;
+  let rstd = stats.y;
 
   var sumG = 0.0;
   var sumGXhat = 0.0;

@@ -1,5 +1,5 @@
-import { afterAll, beforeAll, describe, expect, inject, test } from 'vitest';
-import { callInPage, openBrowser, type BrowserSession } from './harness';
+import { describe, expect, test } from 'vitest';
+import { useWebGpuPage } from './support/webgpu-suite';
 import type { AttentionCase, AttentionResult } from './pages/attention-checks';
 
 // The fused causal attention (forward, statistics, gradients) on WebGPU (SwiftShader in CI) against the
@@ -24,18 +24,11 @@ const name = (c: AttentionCase) =>
   `batch ${c.batch} × seq ${c.seq}, ${c.heads} heads / ${c.kvHeads} kv, d ${c.headDim}` +
   `${c.slidingWindow ? `, window ${c.slidingWindow}` : ''}${c.leakCheck ? ', IS_TEST leak checks' : ''}`;
 
-let browser: BrowserSession;
-beforeAll(async () => {
-  browser = await openBrowser();
-  await browser.page.goto(`${inject('devUrl')}/tests/browser/pages/blank.html`);
-  const { backend } = await callInPage<{ backend: string }>(browser.page, PAGE, 'setup');
-  expect(backend).toBe('webgpu');
-});
-afterAll(async () => browser?.close());
+const page = useWebGpuPage(PAGE);
 
 describe('fused causal attention matches the stock-op composition', () => {
   test.each(CASES.map((c, i) => [name(c), c, i] as const))('%s', async (_, c, i) => {
-    const r = await callInPage<AttentionResult>(browser.page, PAGE, 'checkAttention', c, i + 1);
+    const r = await page.call<AttentionResult>('checkAttention', c, i + 1);
     expect(r.gpuErrors).toEqual([]);
     // One dispatch forward; backward the statistics, the gradients, and the split of dq | dk | dv.
     expect(r.forwardPrograms).toEqual(['attention']);
@@ -50,13 +43,12 @@ describe('fused causal attention matches the stock-op composition', () => {
 });
 
 test('on another backend causalAttention is the reference composition', async () => {
-  const r = await callInPage<{ backend: string; maxDiff: number; programs: number }>(browser.page, PAGE, 'checkCpuFallback');
+  const r = await page.call<{ backend: string; maxDiff: number; programs: number }>('checkCpuFallback');
   expect(r.backend).toBe('cpu');
   expect(r.programs).toBe(0);
   expect(r.maxDiff).toBe(0);
 });
 
 test('the page logged no errors', () => {
-  // The page has no favicon; Chromium's request for one is the only expected 404.
-  expect(browser.errors.filter((e) => !/Failed to load resource: .* 404/.test(e))).toEqual([]);
+  expect(page.errors()).toEqual([]);
 });

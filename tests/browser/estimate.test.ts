@@ -1,6 +1,6 @@
 import { readFileSync } from 'node:fs';
-import { afterAll, beforeAll, expect, inject, test } from 'vitest';
-import { callInPage, openBrowser, type BrowserSession } from './harness';
+import { expect, test } from 'vitest';
+import { useWebGpuPage } from './support/webgpu-suite';
 import type { PeakCase } from './pages/estimate-checks';
 import { MODELS_DIR } from './support/fixtures';
 
@@ -11,14 +11,7 @@ import { MODELS_DIR } from './support/fixtures';
 const PAGE = '/tests/browser/pages/estimate-checks.ts';
 const config = (dir: string) => JSON.parse(readFileSync(`${MODELS_DIR}${dir}/config.json`, 'utf8')) as Record<string, unknown>;
 
-let browser: BrowserSession;
-beforeAll(async () => {
-  browser = await openBrowser();
-  await browser.page.goto(`${inject('devUrl')}/tests/browser/pages/blank.html`);
-  const { backend } = await callInPage<{ backend: string }>(browser.page, PAGE, 'setup');
-  expect(backend).toBe('webgpu');
-});
-afterAll(async () => browser?.close());
+const page = useWebGpuPage(PAGE);
 
 const cases = [
   ['tiny-gpt2', ['c_attn'], 2, 32],
@@ -31,7 +24,7 @@ const cases = [
 
 test.each(cases)('%s %j at batch %i × seq %i: measured ≤ estimate ≤ 1.5 × measured', async (dir, targetModules, batch, seq) => {
   const c: PeakCase = { config: config(dir), targetModules: targetModules === 'all-linear' ? targetModules : [...targetModules], batch, seq };
-  const r = await callInPage<{ measured: number; estimated: number; fusedPrograms: number }>(browser.page, PAGE, 'measureFusedPeak', c);
+  const r = await page.call<{ measured: number; estimated: number; fusedPrograms: number }>('measureFusedPeak', c);
   expect(r.fusedPrograms).toBeGreaterThan(0);
   expect(r.measured).toBeGreaterThan(0);
   expect(r.estimated).toBeGreaterThanOrEqual(r.measured);

@@ -1,5 +1,5 @@
-import { afterAll, beforeAll, describe, expect, inject, test } from 'vitest';
-import { callInPage, openBrowser, type BrowserSession } from './harness';
+import { describe, expect, test } from 'vitest';
+import { useWebGpuPage } from './support/webgpu-suite';
 import type { CaseResult, FrozenCase, KernelCase, checkFrozenLinear } from './pages/kernel-checks';
 
 // The fused LoRA kernels on WebGPU (SwiftShader in CI, so shapes stay small) against the plain tfjs
@@ -30,18 +30,11 @@ const name = (c: KernelCase) =>
   `${c.dropout ? ` dropout ${c.dropout}${c.maskInside ? ' (mask drawn inside f)' : ''}` : ''}` +
   `${c.leakCheck ? ' with IS_TEST leak checks' : ''}`;
 
-let browser: BrowserSession;
-beforeAll(async () => {
-  browser = await openBrowser();
-  await browser.page.goto(`${inject('devUrl')}/tests/browser/pages/blank.html`);
-  const { backend } = await callInPage<{ backend: string }>(browser.page, PAGE, 'setup');
-  expect(backend).toBe('webgpu');
-});
-afterAll(async () => browser?.close());
+const page = useWebGpuPage(PAGE);
 
 describe('fused LoRA linear matches the plain composition', () => {
   test.each(CASES.map((c, i) => [name(c), c, i] as const))('%s', async (_, c, i) => {
-    const r = await callInPage<CaseResult>(browser.page, PAGE, 'checkCase', c, i + 1);
+    const r = await page.call<CaseResult>('checkCase', c, i + 1);
     expect(r.gpuErrors).toEqual([]);
     // The fused path ran: two dispatches forward, four more backward (five under IS_TEST, which
     // recomputes xa rather than saving it), and no stock tfjs program.
@@ -60,7 +53,7 @@ describe('fused LoRA linear matches the plain composition', () => {
 
 test('optimizer steps through tf.variableGrads match, and the frozen weight gets no gradient', async () => {
   type Training = { maxParamDiff: number; fusedGradNames: string[]; leakedTensors: number; gpuErrors: string[] };
-  const r = await callInPage<Training>(browser.page, PAGE, 'checkTraining');
+  const r = await page.call<Training>('checkTraining');
   expect(r.gpuErrors).toEqual([]);
   expect(r.fusedGradNames).toEqual(['a_fused', 'b_fused']);
   expect(r.maxParamDiff).toBeLessThan(TOLERANCE);
@@ -79,7 +72,7 @@ describe('frozenLinear (no LoRA) matches the stock composition', () => {
   test.each(FROZEN_CASES.map((c, i) => [`T${c.tokens} ${c.inFeatures}→${c.outFeatures} ${c.layout}${c.bias ? ' +bias' : ''}`, c, i] as const))(
     '%s',
     async (_, c, i) => {
-      const r = await callInPage<Awaited<ReturnType<typeof checkFrozenLinear>>>(browser.page, PAGE, 'checkFrozenLinear', c, i + 1);
+      const r = await page.call<Awaited<ReturnType<typeof checkFrozenLinear>>>('checkFrozenLinear', c, i + 1);
       expect(r.gpuErrors).toEqual([]);
       expect(r.forwardPrograms).toEqual(['loraMatMul']);
       expect(r.errors.y).toBeLessThan(TOLERANCE);
@@ -95,13 +88,12 @@ describe('frozenLinear (no LoRA) matches the stock composition', () => {
 
 test('on another backend loraLinear falls back to the reference composition', async () => {
   type Fallback = { backend: string; maxDiff: number; programs: number };
-  const r = await callInPage<Fallback>(browser.page, PAGE, 'checkCpuFallback');
+  const r = await page.call<Fallback>('checkCpuFallback');
   expect(r.backend).toBe('cpu');
   expect(r.programs).toBe(0);
   expect(r.maxDiff).toBe(0);
 });
 
 test('the page logged no errors', () => {
-  // The page has no favicon; Chromium's request for one is the only expected 404.
-  expect(browser.errors.filter((e) => !/Failed to load resource: .* 404/.test(e))).toEqual([]);
+  expect(page.errors()).toEqual([]);
 });

@@ -1,5 +1,5 @@
-import { afterAll, beforeAll, describe, expect, inject, test } from 'vitest';
-import { callInPage, openBrowser, type BrowserSession } from './harness';
+import { describe, expect, test } from 'vitest';
+import { useWebGpuPage } from './support/webgpu-suite';
 import type { NormCase, NormCaseResult, VariableResult } from './pages/norm-checks';
 
 // The fused LayerNorm / RMSNorm kernels on WebGPU (SwiftShader in CI, so shapes stay small) against
@@ -32,18 +32,11 @@ const name = (c: NormCase) =>
   `${c.kind} ${c.rows}×${c.cols}${c.bias ? ' +bias' : ''}${c.offset ? ` x+${c.offset}` : ''}` +
   `${c.weightInside ? ' (weight made inside f)' : ''}${c.leakCheck ? ' with IS_TEST leak checks' : ''}`;
 
-let browser: BrowserSession;
-beforeAll(async () => {
-  browser = await openBrowser();
-  await browser.page.goto(`${inject('devUrl')}/tests/browser/pages/blank.html`);
-  const { backend } = await callInPage<{ backend: string }>(browser.page, PAGE, 'setup');
-  expect(backend).toBe('webgpu');
-});
-afterAll(async () => browser?.close());
+const page = useWebGpuPage(PAGE);
 
 describe('fused normalize matches the plain composition', () => {
   test.each(CASES.map((c, i) => [name(c), c, i] as const))('%s', async (_, c, i) => {
-    const r = await callInPage<NormCaseResult>(browser.page, PAGE, 'checkCase', c, i + 1);
+    const r = await page.call<NormCaseResult>('checkCase', c, i + 1);
     expect(r.gpuErrors).toEqual([]);
     // One dispatch forward, one backward, and no stock tfjs program.
     expect(r.forwardPrograms).toEqual(['norm']);
@@ -56,7 +49,7 @@ describe('fused normalize matches the plain composition', () => {
 });
 
 test('a trainable weight falls back to the composition and gets its gradient; a frozen variable does not', async () => {
-  const r = await callInPage<VariableResult>(browser.page, PAGE, 'checkVariables');
+  const r = await page.call<VariableResult>('checkVariables');
   expect(r.gpuErrors).toEqual([]);
   expect(r.trainablePrograms.length).toBeGreaterThan(0);
   expect(r.trainablePrograms.filter((p) => p.startsWith('norm'))).toEqual([]);
@@ -72,14 +65,14 @@ test('a trainable weight falls back to the composition and gets its gradient; a 
 
 test('on another backend normalize is the reference composition', async () => {
   type Fallback = { backend: string; maxDiff: number; programs: number };
-  const r = await callInPage<Fallback>(browser.page, PAGE, 'checkCpuFallback');
+  const r = await page.call<Fallback>('checkCpuFallback');
   expect(r.backend).toBe('cpu');
   expect(r.programs).toBe(0);
   expect(r.maxDiff).toBe(0);
 });
 
 test('bad arguments throw clear errors', async () => {
-  const messages = await callInPage<string[]>(browser.page, PAGE, 'checkArgErrors');
+  const messages = await page.call<string[]>('checkArgErrors');
   expect(messages).toEqual([
     'normalize: rms normalization has no bias',
     'normalize: weight must be [4], got [5]',
@@ -91,6 +84,5 @@ test('bad arguments throw clear errors', async () => {
 });
 
 test('the page logged no errors', () => {
-  // The page has no favicon; Chromium's request for one is the only expected 404.
-  expect(browser.errors.filter((e) => !/Failed to load resource: .* 404/.test(e))).toEqual([]);
+  expect(page.errors()).toEqual([]);
 });

@@ -1,5 +1,5 @@
-import { afterAll, beforeAll, describe, expect, inject, test } from 'vitest';
-import { callInPage, openBrowser, type BrowserSession } from './harness';
+import { describe, expect, test } from 'vitest';
+import { useWebGpuPage } from './support/webgpu-suite';
 import type { ActivationCase, CrossEntropyCase, PointwiseResult } from './pages/pointwise-checks';
 
 // The fused activation and cross-entropy kernels on WebGPU (SwiftShader in CI, so shapes stay small)
@@ -51,18 +51,11 @@ function expectClean(r: PointwiseResult): void {
   expect(r.leakedDataIds).toBe(0);
 }
 
-let browser: BrowserSession;
-beforeAll(async () => {
-  browser = await openBrowser();
-  await browser.page.goto(`${inject('devUrl')}/tests/browser/pages/blank.html`);
-  const { backend } = await callInPage<{ backend: string }>(browser.page, PAGE, 'setup');
-  expect(backend).toBe('webgpu');
-});
-afterAll(async () => browser?.close());
+const page = useWebGpuPage(PAGE);
 
 describe('fused activation matches the plain composition', () => {
   test.each(ACTIVATIONS.map((c, i) => [activationName(c), c, i] as const))('%s', async (_, c, i) => {
-    const r = await callInPage<PointwiseResult>(browser.page, PAGE, 'checkActivation', c, i + 1);
+    const r = await page.call<PointwiseResult>('checkActivation', c, i + 1);
     // One dispatch forward, one backward, and no stock tfjs program.
     expect(r.forwardPrograms).toEqual(['activation']);
     expect(r.gradPrograms).toEqual(['activation', 'activationGrad']);
@@ -72,7 +65,7 @@ describe('fused activation matches the plain composition', () => {
 
 describe('fused weightedNll matches the plain composition', () => {
   test.each(CROSS_ENTROPY.map((c, i) => [crossEntropyName(c), c, i] as const))('%s', async (_, c, i) => {
-    const r = await callInPage<PointwiseResult>(browser.page, PAGE, 'checkCrossEntropy', c, 100 + i);
+    const r = await page.call<PointwiseResult>('checkCrossEntropy', c, 100 + i);
     // Per-row losses, then tfjs's Sum of them ('reduce'); backward one dispatch.
     expect(r.forwardPrograms).toEqual(['crossEntropy', 'reduce']);
     expect(r.gradPrograms).toEqual(['crossEntropy', 'reduce', 'crossEntropyGrad']);
@@ -82,13 +75,12 @@ describe('fused weightedNll matches the plain composition', () => {
 
 test('on another backend the public functions are the references', async () => {
   type Fallback = { backend: string; maxDiff: number; programs: number };
-  const r = await callInPage<Fallback>(browser.page, PAGE, 'checkCpuFallback');
+  const r = await page.call<Fallback>('checkCpuFallback');
   expect(r.backend).toBe('cpu');
   expect(r.programs).toBe(0);
   expect(r.maxDiff).toBe(0);
 });
 
 test('the page logged no errors', () => {
-  // The page has no favicon; Chromium's request for one is the only expected 404.
-  expect(browser.errors.filter((e) => !/Failed to load resource: .* 404/.test(e))).toEqual([]);
+  expect(page.errors()).toEqual([]);
 });

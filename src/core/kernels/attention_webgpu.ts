@@ -1,5 +1,6 @@
 import type { WebGPUProgram } from '@tensorflow/tfjs-backend-webgpu';
 import forwardCode from '../../../shaders/attention.wgsl?raw';
+import commonCode from '../../../shaders/attention_common.wgsl?raw';
 import gradCode from '../../../shaders/attention_grad.wgsl?raw';
 import statsCode from '../../../shaders/attention_stats.wgsl?raw';
 import { constantsKey, fillWgsl, type ProgramUniform, type WgslConstants } from './program_util';
@@ -56,7 +57,7 @@ abstract class AttentionProgramBase implements WebGPUProgram {
   }
 
   getUserCode(): string {
-    return fillWgsl(this.code, this.constants);
+    return fillWgsl(`${commonCode}\n${this.code}`, this.constants);
   }
 }
 

@@ -1,6 +1,7 @@
 import type { WebGPUProgram } from '@tensorflow/tfjs-backend-webgpu';
 import normCode from '../../../shaders/norm.wgsl?raw';
 import normGradCode from '../../../shaders/norm_grad.wgsl?raw';
+import statsCode from '../../../shaders/norm_stats.wgsl?raw';
 import { constantsKey, fillWgsl, type ProgramUniform, type WgslConstants } from './program_util';
 
 export interface NormParams {
@@ -59,7 +60,7 @@ export class NormProgram extends RowProgram {
   }
 
   getUserCode(): string {
-    return fillWgsl(normCode, this.constants);
+    return fillWgsl(`${statsCode}\n${normCode}`, this.constants);
   }
 }
 
@@ -80,6 +81,6 @@ export class NormGradProgram extends RowProgram {
   }
 
   getUserCode(): string {
-    return fillWgsl(normGradCode, this.constants);
+    return fillWgsl(`${statsCode}\n${normGradCode}`, this.constants);
   }
 }
