@@ -6,23 +6,26 @@ import { causalLmLoss } from '../src/core/models/loss';
 import { randomTinyGpt2 } from './train-step';
 
 export interface StepProfile {
+  readonly backend: string;
   readonly fused: boolean;
   /** One forward + backward (no optimizer), from the first op to the loss on the CPU. */
   readonly wallMs: number;
-  /** Of wallMs, the time spent waiting for the GPU after the last op was enqueued. */
+  /** Of wallMs, the time spent waiting for the device after the last op was enqueued (0 on wasm, which runs ops as they come). */
   readonly waitMs: number;
   /** GPU time per kernel (tfjs's kernel name; a fused op's programs run inside an "unnamed scope"), with its input shapes. */
   readonly kernels: { name: string; count: number; ms: number }[];
 }
 
 /**
- * Where a training step's time goes on webgpu: tf.profile of one forward + backward of the tiny
+ * Where a training step's time goes: tf.profile of one forward + backward of the tiny
  * GPT-2 (batch 8 × seq 64, LoRA r 8 on c_attn), GPU time summed per kernel and input shapes, largest
- * first. For finding the next thing to fuse (`npm run bench -- --profile`); asserts nothing.
+ * first (on wasm, kernel time is wall time). For finding the next thing to fuse
+ * (`npm run bench -- --profile`); asserts nothing.
  */
-export async function profileTrainStep(options: { fused: boolean }): Promise<StepProfile> {
+export async function profileTrainStep(options: { backend: 'webgpu' | 'wasm'; fused: boolean }): Promise<StepProfile> {
   tf.env().set('WEBGPU_CPU_HANDOFF_SIZE_THRESHOLD', 0);
-  if (!(await tf.setBackend('webgpu')) || tf.getBackend() !== 'webgpu') throw new Error('the webgpu backend did not start');
+  const { backend } = options;
+  if (!(await tf.setBackend(backend)) || tf.getBackend() !== backend) throw new Error(`the ${backend} backend did not start`);
   tf.env().set(FUSED_KERNELS_FLAG, options.fused);
   const model = randomTinyGpt2();
   const adapter = LoraAdapter.create(model, { rank: 8, alpha: 16, dropout: 0, targetModules: ['c_attn'], useRslora: false }, 1);
@@ -51,7 +54,7 @@ export async function profileTrainStep(options: { fused: boolean }): Promise<Ste
       byKey.set(name, entry);
     }
     const kernels = [...byKey.values()].filter((k) => k.ms > 0).sort((a, b) => b.ms - a.ms);
-    return { fused: options.fused, wallMs, waitMs, kernels };
+    return { backend, fused: options.fused, wallMs, waitMs, kernels };
   } finally {
     tf.env().set(FUSED_KERNELS_FLAG, true);
     tf.dispose([ids, targets]);

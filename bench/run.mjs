@@ -3,7 +3,7 @@
 // composition (per layer, forward and forward+backward) and whole training steps on webgpu and wasm.
 // Prints ratios; asserts nothing (speed goals are read from here, not from tests).
 // Options: --quick (tiny shape only, fewer iterations: what a GPU-less machine can afford);
-// --profile (only where a training step's GPU time goes, fused and plain, kernel by kernel).
+// --profile (only where a training step's time goes, kernel by kernel: webgpu fused and plain, wasm).
 import { createServer } from 'vite';
 import { launchChromium } from '../scripts/chromium.mjs';
 
@@ -26,10 +26,10 @@ try {
   console.log(`WebGPU adapter: ${adapter}\n`);
 
   if (profile) {
-    for (const fused of [true, false]) {
-      const p = await call('/bench/profile-step.ts', 'profileTrainStep', { fused });
-      const gpuMs = p.kernels.reduce((sum, k) => sum + k.ms, 0);
-      console.log(`${fused ? 'Fused kernels' : 'Plain tfjs'}: forward + backward ${p.wallMs.toFixed(0)} ms (${p.waitMs.toFixed(0)} waiting on the GPU), kernel GPU time ${gpuMs.toFixed(0)} ms`);
+    for (const [backend, fused] of [['webgpu', true], ['webgpu', false], ['wasm', true]]) {
+      const p = await call('/bench/profile-step.ts', 'profileTrainStep', { backend, fused });
+      const kernelMs = p.kernels.reduce((sum, k) => sum + k.ms, 0);
+      console.log(`${backend}, ${fused ? 'LoRA Lab kernels' : 'plain tfjs'}: forward + backward ${p.wallMs.toFixed(0)} ms (${p.waitMs.toFixed(0)} waiting on the device), kernel time ${kernelMs.toFixed(0)} ms`);
       for (const k of p.kernels.slice(0, 15)) console.log(`  ${k.ms.toFixed(1).padStart(7)} ms ${String(k.count).padStart(4)}×  ${k.name}`);
       console.log('');
     }
@@ -67,9 +67,9 @@ async function measure() {
   for (const r of steps) console.log(`  ${r.backend.padEnd(7)} ${r.variant.padEnd(24)} ${r.tokensPerSecond.toFixed(0).padStart(7)} tokens/s  (${r.msPerStep.toFixed(0)} ms/step)`);
   const plain = steps.find((r) => r.backend === 'webgpu' && r.variant.startsWith('plain'));
   const fused = steps.find((r) => r.backend === 'webgpu' && r.variant.startsWith('LoRA'));
-  const wasm = steps.find((r) => r.backend === 'wasm' && r.variant.startsWith('LoRA Lab'));
-  const stockWasm = steps.find((r) => r.backend === 'wasm' && r.variant.includes('stock'));
-  if (wasm && stockWasm) console.log(`  wasm speed-up, LoRA Lab's matmul ÷ stock tfjs: ${(wasm.tokensPerSecond / stockWasm.tokensPerSecond).toFixed(2)}×`);
+  const wasm = steps.find((r) => r.backend === 'wasm' && r.variant.startsWith('LoRA'));
+  const stockWasm = steps.find((r) => r.backend === 'wasm' && r.variant.startsWith('plain'));
+  if (wasm && stockWasm) console.log(`  wasm step speed-up, LoRA Lab ÷ plain tfjs: ${(wasm.tokensPerSecond / stockWasm.tokensPerSecond).toFixed(2)}×`);
   if (plain && fused) console.log(`  webgpu step speed-up, fused ÷ plain: ${(fused.tokensPerSecond / plain.tokensPerSecond).toFixed(2)}×`);
   if (wasm && fused) console.log(`  wasm vs webgpu (fused): ${(wasm.tokensPerSecond / fused.tokensPerSecond).toFixed(2)}× the tokens/s`);
 }
