@@ -62,6 +62,11 @@ async function measure() {
     );
   }
 
+  const opt = await call('/bench/fused-ops.ts', 'runOptimizerBench', { iterations: quick ? 5 : 10 });
+  console.log(
+    `  ${`clipping + AdamW, ${opt.variables} vars`.padEnd(28)} step    ${opt.fusedMs.toFixed(1)} vs ${opt.referenceMs.toFixed(1)} ms = ${(opt.referenceMs / opt.fusedMs).toFixed(2)}×`,
+  );
+
   const steps = await call('/bench/train-step.ts', 'runTrainStepBench', { steps: quick ? 4 : 8 });
   console.log('\nTraining step, tiny GPT-2 (64 wide, 2 layers), batch 8 × seq 64, LoRA r 8 on c_attn:');
   for (const r of steps) console.log(`  ${r.backend.padEnd(7)} ${r.variant.padEnd(24)} ${r.tokensPerSecond.toFixed(0).padStart(7)} tokens/s  (${r.msPerStep.toFixed(0)} ms/step)`);

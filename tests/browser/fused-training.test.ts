@@ -5,7 +5,7 @@ import { MODELS_DIR } from './support/fixtures';
 import { useWebGpuPage } from './support/webgpu-suite';
 
 // Whole training steps (forward, backward, clipping, AdamW; LoRA with dropout on every linear) on
-// webgpu with the fused kernels against the same steps in stock tfjs ops on the same backend
+// webgpu with the fused kernels, the optimizer's included, against the same steps in stock tfjs ops on the same backend
 // (LORA_LAB_FUSED_KERNELS off): the same losses and gradient norms step after step, and no tensor left
 // behind by any step.
 const page = useWebGpuPage('/tests/browser/pages/training-checks.ts');
@@ -17,11 +17,14 @@ describe.each(['tiny-gpt2', 'tiny-llama'])('%s on webgpu', (dir) => {
     const stock = await page.call<TrainingRun>('trainSteps', config(dir), false);
     expect(fused.gpuErrors).toEqual([]);
     expect(stock.gpuErrors).toEqual([]);
-    // Every model op ran fused: no stock matmul or softmax (tfjs's own programs remain for the
-    // embedding lookup, residual adds, dropout masks, clipping and AdamW). The stock run used none of ours.
-    expect(fused.programs).toEqual(expect.arrayContaining(['attention', 'attentionGrad', 'norm', 'normGrad', 'activation', 'crossEntropy', 'loraMatMul']));
+    // Every model op and the optimizer ran fused: no stock matmul or softmax (tfjs's own programs
+    // remain for the embedding lookup, residual adds, dropout masks and the clip scale). The stock run
+    // used none of ours.
+    expect(fused.programs).toEqual(
+      expect.arrayContaining(['attention', 'attentionGrad', 'norm', 'normGrad', 'activation', 'crossEntropy', 'loraMatMul', 'adamwMoment', 'adamwParam', 'sumSquares', 'allFinite']),
+    );
     expect(fused.programs.filter((p) => /matmul|softmax/i.test(p) && !p.startsWith('lora'))).toEqual([]);
-    expect(stock.programs.filter((p) => /^(lora|attention|norm|activation|crossEntropy)/.test(p))).toEqual([]);
+    expect(stock.programs.filter((p) => /^(lora|attention|norm|activation|crossEntropy|adamw|sumSquares|allFinite)/.test(p))).toEqual([]);
     expect(stock.programs.some((p) => /matmul/i.test(p))).toBe(true);
     expect(fused.losses).toHaveLength(4);
     // Four steps at lr 1e-2 move the loss: the comparison is not of a run that stood still.

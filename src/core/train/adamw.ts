@@ -1,4 +1,5 @@
 import * as tf from '@tensorflow/tfjs';
+import { adamwValues, allFinite } from '../kernels/optimizer.js';
 
 export interface AdamWOptions {
   readonly beta1?: number;
@@ -93,20 +94,15 @@ export class AdamW {
     const stepSize = lr / (1 - b1 ** t);
     const bc2Sqrt = Math.sqrt(1 - b2 ** t);
     const decay = 1 - lr * this.weightDecay;
-    const next = tf.tidy(() =>
-      this.params.map((p, i) => {
-        const g = aligned[i]!;
-        const m = tf.add(tf.mul(this.m[i]!, b1), tf.mul(g, 1 - b1));
-        const v = tf.add(tf.mul(this.v[i]!, b2), tf.mul(tf.square(g), 1 - b2));
-        const decayed = this.weightDecay === 0 ? p : tf.mul(p, decay);
-        const denom = tf.add(tf.div(tf.sqrt(v), bc2Sqrt), eps);
-        return { p: tf.sub(decayed, tf.mul(tf.div(m, denom), stepSize)), m, v };
-      }),
+    const next = this.params.map((p, i) =>
+      adamwValues({ p, m: this.m[i]!, v: this.v[i]! }, aligned[i]!, { beta1: b1, beta2: b2, decay, stepSize, bc2Sqrt, eps }),
     );
     const all = next.flatMap((n) => [n.p, n.m, n.v]);
-    // A float32 flag rather than a bool, so it can share one readback with the loss. isFinite is
-    // tfjs's own kernel on every backend, safer than relying on NaN arithmetic in shaders.
-    const finiteCheck = tf.tidy(() => tf.min(tf.stack(all.map((x) => tf.min(tf.cast(tf.isFinite(x), 'float32'))))) as tf.Scalar);
+    // A float32 flag rather than a bool, so it can share one readback with the loss.
+    const finiteCheck = tf.tidy(() => {
+      const perVariable = next.map((n) => allFinite(n));
+      return perVariable.length === 1 ? perVariable[0]! : (tf.min(tf.stack(perVariable)) as tf.Scalar);
+    });
     let settled = false;
     const settle = (): boolean => {
       if (settled) return false;

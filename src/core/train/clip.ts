@@ -1,4 +1,5 @@
 import * as tf from '@tensorflow/tfjs';
+import { sumOfSquares } from '../kernels/optimizer.js';
 
 /** The L2 norm of all gradients taken together, as one vector. */
 export function globalNorm(grads: readonly tf.Tensor[]): tf.Scalar {
@@ -7,7 +8,7 @@ export function globalNorm(grads: readonly tf.Tensor[]): tf.Scalar {
     // Σ of per-tensor Σg²: the same value as torch's norm of per-tensor norms, with one sqrt.
     // Summed through a stack, not tf.addN: tfjs-backend-webgpu 4.22's AddN silently drops every
     // input after the fourth (a browser test compares this norm across backends).
-    const squares = grads.map((g) => tf.sum(tf.square(g)));
+    const squares = grads.map((g) => sumOfSquares(g));
     return tf.sqrt(tf.sum(tf.stack(squares))) as tf.Scalar;
   });
 }
