@@ -9,7 +9,7 @@
  *   npm run demo:pretrain -- --no-lora-check       # skip the closing LoRA fine-tune check
  *   npm run demo:pretrain -- --out /tmp/demo       # write somewhere else
  *
- * (npm runs it with tsx and scripts/raw-imports.mjs preloaded, for the kernels' `?raw` WGSL imports.)
+ * (npm runs it with tsx and scripts/vite-imports.mjs preloaded, for the kernels' `?raw` WGSL imports.)
  *
  * Deterministic: the initialisation, the batch order and the LoRA run are all seeded, and the
  * wasm backend computes the same on every run of the same build, so a rebuild gives the same
