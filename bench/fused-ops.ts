@@ -86,7 +86,13 @@ export async function runFusedOpsBench(options: { iterations?: number; warmup?: 
  * of all-linear r 8 on the tiny GPT-2 (2 layers × 4 projections × A and B), fused kernels on vs off.
  * Medians in ms, alternating.
  */
-export async function runOptimizerBench(options: { iterations?: number; warmup?: number } = {}): Promise<{ variables: number; fusedMs: number; referenceMs: number }> {
+export interface OptimizerBenchRow {
+  readonly variables: number;
+  readonly fusedMs: number;
+  readonly referenceMs: number;
+}
+
+export async function runOptimizerBench(options: { iterations?: number; warmup?: number } = {}): Promise<OptimizerBenchRow> {
   const { iterations = 10, warmup = 2 } = options;
   if (tf.getBackend() !== 'webgpu') await tf.setBackend('webgpu');
   const shapes = [[8, 64], [192, 8], [8, 64], [64, 8], [8, 64], [256, 8], [8, 256], [64, 8]];

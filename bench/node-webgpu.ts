@@ -25,34 +25,16 @@ Object.defineProperty(globalThis, 'navigator', { value: { gpu: create([]) }, con
 const { runKernelBench } = await import('./kernels');
 const { runFusedOpsBench, runOptimizerBench } = await import('./fused-ops');
 const { runTrainStepBench } = await import('./train-step');
+const { fusedOpLines, kernelLines, trainStepLines } = await import('./report');
 
 const adapter = await navigator.gpu.requestAdapter();
 console.log(`WebGPU adapter (Dawn in Node): ${adapter ? `${adapter.info.vendor} ${adapter.info.architecture} ${adapter.info.description}`.trim() : 'none'}\n`);
 if (!adapter || !(await tf.setBackend('webgpu'))) process.exit(1);
 
+const iterations = quick ? 5 : 20;
 const shapes = quick ? [{ name: 'tiny 64→192', tokens: 512, inFeatures: 64, outFeatures: 192, rank: 8 }] : undefined;
-const kernels = await runKernelBench({ shapes, iterations: quick ? 5 : 20 });
-console.log('LoRA linear (T tokens, r 8): median ms, plain tfjs ÷ fused = speed-up');
-for (const r of kernels.rows) {
-  const s = r.shape;
-  console.log(
-    `  ${s.name.padEnd(24)} T ${s.tokens}  forward ${r.fusedForwardMs.toFixed(2)} vs ${r.referenceForwardMs.toFixed(2)} ms = ${r.forwardSpeedup.toFixed(2)}×` +
-      `   fwd+bwd ${r.fusedTrainMs.toFixed(2)} vs ${r.referenceTrainMs.toFixed(2)} ms = ${r.trainSpeedup.toFixed(2)}×`,
-  );
-}
-const ops = await runFusedOpsBench({ iterations: quick ? 5 : 20 });
-console.log('\nThe other fused ops at the tiny GPT-2\'s shapes: median ms, plain tfjs ÷ fused = speed-up');
-for (const r of ops) {
-  console.log(
-    `  ${r.name.padEnd(28)} forward ${r.fusedForwardMs.toFixed(2)} vs ${r.referenceForwardMs.toFixed(2)} ms = ${(r.referenceForwardMs / r.fusedForwardMs).toFixed(2)}×` +
-      `   fwd+bwd ${r.fusedTrainMs.toFixed(2)} vs ${r.referenceTrainMs.toFixed(2)} ms = ${(r.referenceTrainMs / r.fusedTrainMs).toFixed(2)}×`,
-  );
-}
-const opt = await runOptimizerBench({ iterations: quick ? 5 : 20 });
-console.log(`  ${`clipping + AdamW, ${opt.variables} vars`.padEnd(28)} step    ${opt.fusedMs.toFixed(2)} vs ${opt.referenceMs.toFixed(2)} ms = ${(opt.referenceMs / opt.fusedMs).toFixed(2)}×`);
-const steps = await runTrainStepBench({ steps: quick ? 4 : 10, backends: ['webgpu'] });
-console.log('\nTraining step, tiny GPT-2 (64 wide, 2 layers), batch 8 × seq 64, LoRA r 8 on c_attn:');
-for (const r of steps) console.log(`  ${r.backend.padEnd(7)} ${r.variant.padEnd(24)} ${r.tokensPerSecond.toFixed(0).padStart(7)} tokens/s  (${r.msPerStep.toFixed(1)} ms/step)`);
-const [plain, fused] = steps;
-if (plain && fused) console.log(`  webgpu step speed-up, fused ÷ plain: ${(fused.tokensPerSecond / plain.tokensPerSecond).toFixed(2)}×`);
+console.log(kernelLines((await runKernelBench({ shapes, iterations })).rows).join('\n'));
+const ops = await runFusedOpsBench({ iterations });
+console.log(`\n${fusedOpLines(ops, await runOptimizerBench({ iterations })).join('\n')}`);
+console.log(`\n${trainStepLines(await runTrainStepBench({ steps: quick ? 4 : 10, backends: ['webgpu'] })).join('\n')}`);
 process.exit(0);
