@@ -4,8 +4,8 @@ import type { AttentionCase, AttentionResult } from './pages/attention-checks';
 
 // The fused causal attention (forward, statistics, gradients) on WebGPU (SwiftShader in CI) against the
 // stock-op composition on the cpu backend. Odd sequence lengths, batch and head counts, head sizes that
-// are not multiples of 4, grouped- and multi-query attention, sliding windows shorter and longer than
-// the sequence, and a batch·seq of 1024.
+// are not multiples of 4 and real models' 128 and 256, grouped- and multi-query attention, sliding
+// windows shorter and longer than the sequence, and a batch·seq of 1024.
 const PAGE = '/tests/browser/pages/attention-checks.ts';
 const TOLERANCE = 1e-4; // relative to max(1, max |reference|), float32
 
@@ -18,6 +18,10 @@ const CASES: AttentionCase[] = [
   { batch: 8, seq: 64, heads: 4, kvHeads: 4, headDim: 16, scale: 0.25, slidingWindow: null },
   { batch: 4, seq: 256, heads: 2, kvHeads: 1, headDim: 8, scale: 0.125, slidingWindow: 100 },
   { batch: 2, seq: 5, heads: 4, kvHeads: 2, headDim: 6, scale: 0.4, slidingWindow: null, leakCheck: true },
+  // Real models' head sizes (GPT-2 64, Llama 128, Gemma 256): the per-thread arrays stay within WGSL's
+  // 8 KiB of function-scope memory.
+  { batch: 1, seq: 9, heads: 2, kvHeads: 1, headDim: 128, scale: 1 / Math.sqrt(128), slidingWindow: null },
+  { batch: 1, seq: 6, heads: 2, kvHeads: 2, headDim: 256, scale: 1 / 16, slidingWindow: 4 },
 ];
 
 const name = (c: AttentionCase) =>
