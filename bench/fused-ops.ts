@@ -61,8 +61,10 @@ export async function runFusedOpsBench(options: { iterations?: number; warmup?: 
   await bench('linear 64→256, no LoRA', x64, dy256, (v) => frozenLinear({ ...fc, x: v as tf.Tensor2D }), (v) => frozenLinearReference({ ...fc, x: v as tf.Tensor2D }));
   await bench('LayerNorm [512, 64]', x64, dy64, (v) => normalize(v as tf.Tensor2D, gamma, beta, 1e-5, 'layer'), (v) => normalizeReference(v as tf.Tensor2D, gamma, beta, 1e-5, 'layer'));
   const shape: AttentionShape = { batch: 8, seq: 64, heads: 4, kvHeads: 4, headDim: 16, scale: 0.25, slidingWindow: null };
-  // q, k and v from one tensor: the gradient is then their sum, and the timing is that of the op.
-  await bench('attention 8 × 64, 4 heads', x64, dy64, (v) => causalAttention(v as tf.Tensor2D, v as tf.Tensor2D, v as tf.Tensor2D, shape), (v) => causalAttentionReference(v as tf.Tensor2D, v as tf.Tensor2D, v as tf.Tensor2D, shape));
+  const qkv = input([512, 192], 8);
+  const dyAttention = input([512, 64], 9);
+  await bench('attention 8 × 64, 4 heads', qkv, dyAttention, (v) => causalAttention(v as tf.Tensor2D, shape), (v) => causalAttentionReference(v as tf.Tensor2D, shape));
+  tf.dispose([qkv, dyAttention]);
   await bench('GELU (tanh) [512, 256]', x256, dy256, (v) => activation(v, 'gelu_tanh'), (v) => activationReference(v, 'gelu_tanh'));
   tf.dispose([x64, x256, dy64, dy256, weight, gamma, beta]);
 

@@ -18,25 +18,22 @@ fn main(index : i32) {
   let t = row % uniforms.seq;
   let seqStart = row - t;
   let g = h / (heads / uniforms.kvHeads);
-  let kvStride = uniforms.kvHeads * HEAD_DIM;
 
   var query : array<f32, HEAD_DIM>;
-  let qBase = row * heads * HEAD_DIM + h * HEAD_DIM;
-  for (var d = 0; d < HEAD_DIM; d++) {
-    query[d] = queries[qBase + d] * uniforms.scale;
-  }
+  loadQuery(&query, row, h);
   let stats = softmaxStats(&query, t, seqStart, g);
   let invSum = 1.0 / stats.y;
 
   var acc : array<f32, HEAD_DIM>;
   for (var j = firstVisibleKey(t); j <= t; j++) {
-    let kBase = (seqStart + j) * kvStride + g * HEAD_DIM;
-    let p = exp(score(&query, kBase) - stats.x) * invSum;
+    let p = exp(score(&query, keyAt(seqStart + j, g)) - stats.x) * invSum;
+    let vBase = valueAt(seqStart + j, g);
     for (var d = 0; d < HEAD_DIM; d++) {
-      acc[d] = fma(p, values[kBase + d], acc[d]);
+      acc[d] = fma(p, qkv[vBase + d], acc[d]);
     }
   }
+  let outBase = perQueryAt(row, h);
   for (var d = 0; d < HEAD_DIM; d++) {
-    setOutputAtIndex(qBase + d, acc[d]);
+    setOutputAtIndex(outBase + d, acc[d]);
   }
 }

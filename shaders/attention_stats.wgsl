@@ -18,11 +18,11 @@ fn main(index : i32) {
   let g = h / (heads / uniforms.kvHeads);
 
   var query : array<f32, HEAD_DIM>;
-  let qBase = row * heads * HEAD_DIM + h * HEAD_DIM;
+  loadQuery(&query, row, h);
+  let oBase = perQueryAt(row, h);
   var delta = 0.0;
   for (var d = 0; d < HEAD_DIM; d++) {
-    query[d] = queries[qBase + d] * uniforms.scale;
-    delta = fma(dOut[qBase + d], attnOut[qBase + d], delta);
+    delta = fma(dOut[oBase + d], attnOut[oBase + d], delta);
   }
   let stats = softmaxStats(&query, t, row - t, g);
   setOutputAtIndex(2 * index, stats.x + log(stats.y));

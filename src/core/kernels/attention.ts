@@ -18,43 +18,36 @@ export interface AttentionShape {
 }
 
 /**
- * Causal scaled-dot-product attention. q [batch·seq, heads·headDim], k and v [batch·seq,
- * kvHeads·headDim], as the q/k/v projections produce them; returns [batch·seq, heads·headDim], ready
- * for the output projection. On the webgpu backend: one fused kernel forward and two backward (per-query
- * statistics, then dq, dk and dv together), with no [seq, seq] tensor and no head transposes.
- * Elsewhere: `causalAttentionReference`, the same maths in stock tfjs ops.
+ * Causal scaled-dot-product attention. qkv [batch·seq, (heads + 2·kvHeads)·headDim] holds, per token, the
+ * query heads, then the key heads, then the value heads: GPT-2's c_attn output as it is (other
+ * architectures concatenate their three projections). Returns [batch·seq, heads·headDim], ready for
+ * the output projection. On the webgpu backend: one fused kernel forward and two backward (per-query
+ * statistics, then the gradient of qkv in one piece), with no [seq, seq] tensor and no head
+ * transposes. Elsewhere: `causalAttentionReference`, the same maths in stock tfjs ops.
  */
-export function causalAttention(q: tf.Tensor2D, k: tf.Tensor2D, v: tf.Tensor2D, shape: AttentionShape): tf.Tensor2D {
-  checkArgs(q, k, v, shape);
+export function causalAttention(qkv: tf.Tensor2D, shape: AttentionShape): tf.Tensor2D {
+  checkArgs(qkv, shape);
   const backend = fusedKernelBackend();
-  return backend ? fusedAttention(backend, q, k, v, shape) : causalAttentionReference(q, k, v, shape);
+  return backend ? fusedAttention(backend, qkv, shape) : causalAttentionReference(qkv, shape);
 }
 
-function fusedAttention(
-  backend: WebGPUBackend,
-  q: tf.Tensor2D,
-  k: tf.Tensor2D,
-  v: tf.Tensor2D,
-  shape: AttentionShape,
-): tf.Tensor2D {
+function fusedAttention(backend: WebGPUBackend, qkv: tf.Tensor2D, shape: AttentionShape): tf.Tensor2D {
   const { batch, seq, heads, kvHeads, headDim, scale, slidingWindow } = shape;
   const dims: AttentionDims = { rows: batch * seq, seq, heads, kvHeads, headDim, scale, windowSize: slidingWindow ?? 0 };
   const op = tf.customGrad((...inputs) => {
-    const [qIn, kIn, vIn, save] = inputs as [tf.Tensor2D, tf.Tensor2D, tf.Tensor2D, tf.GradSaveFunc];
-    const out = runProgram(backend, new AttentionProgram(dims), [qIn, kIn, vIn]) as tf.Tensor2D;
-    save([qIn, kIn, vIn, out]);
-    const gradFunc = (dy: tf.Tensor, saved: tf.Tensor[]): tf.Tensor[] => {
-      const [sq, sk, sv, sOut] = saved as [tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor];
-      const stats = runProgram(backend, new AttentionStatsProgram(dims), [sq, sk, sOut, dy]);
-      const packed = runProgram(backend, new AttentionGradProgram(dims), [sq, sk, sv, dy, stats]);
+    const [packed, save] = inputs as [tf.Tensor2D, tf.GradSaveFunc];
+    const out = runProgram(backend, new AttentionProgram(dims), [packed]) as tf.Tensor2D;
+    save([packed, out]);
+    const gradFunc = (dy: tf.Tensor, saved: tf.Tensor[]): tf.Tensor => {
+      const [sQkv, sOut] = saved as [tf.Tensor, tf.Tensor];
+      const stats = runProgram(backend, new AttentionStatsProgram(dims), [sQkv, sOut, dy]);
+      const grad = runProgram(backend, new AttentionGradProgram(dims), [sQkv, dy, stats]);
       stats.dispose();
-      const grads = tf.split(packed, [heads * headDim, kvHeads * headDim, kvHeads * headDim], 1);
-      packed.dispose();
-      return grads;
+      return grad;
     };
     return { value: out, gradFunc };
   });
-  return op(q, k, v) as tf.Tensor2D;
+  return op(qkv) as tf.Tensor2D;
 }
 
 /**
@@ -74,28 +67,29 @@ function causalMask(seq: number, slidingWindow: number | null): tf.Tensor2D {
 }
 
 /**
- * `causalAttention` in stock tfjs ops: heads split out by transposes, scores, additive mask, softmax,
- * weighted values. Instead of materialising repeated k/v for grouped-query attention, the group's query
- * heads are stacked along the sequence axis so one batched matmul per kv head serves the whole group.
+ * `causalAttention` in stock tfjs ops: q, k and v sliced out, heads split out by transposes, scores,
+ * additive mask, softmax, weighted values. Instead of materialising repeated k/v for grouped-query
+ * attention, the group's query heads are stacked along the sequence axis so one batched matmul per kv
+ * head serves the whole group.
  */
-export function causalAttentionReference(q: tf.Tensor2D, k: tf.Tensor2D, v: tf.Tensor2D, shape: AttentionShape): tf.Tensor2D {
+export function causalAttentionReference(qkv: tf.Tensor2D, shape: AttentionShape): tf.Tensor2D {
   const { batch, seq, heads, kvHeads, headDim, scale, slidingWindow } = shape;
   return tf.tidy(() => {
-    const split = (x: tf.Tensor2D, n: number) => x.reshape([batch, seq, n, headDim]).transpose([0, 2, 1, 3]);
+    const [q, k, v] = tf.split(qkv, [heads * headDim, kvHeads * headDim, kvHeads * headDim], 1);
+    const split = (x: tf.Tensor, n: number) => x.reshape([batch, seq, n, headDim]).transpose([0, 2, 1, 3]);
     const group = heads / kvHeads;
-    const qg = tf.mul(split(q, heads), scale).reshape([batch, kvHeads, group * seq, headDim]);
-    const scores = tf.matMul(qg, split(k, kvHeads), false, true).reshape([batch, kvHeads, group, seq, seq]);
+    const qg = tf.mul(split(q!, heads), scale).reshape([batch, kvHeads, group * seq, headDim]);
+    const scores = tf.matMul(qg, split(k!, kvHeads), false, true).reshape([batch, kvHeads, group, seq, seq]);
     const probs = tf.softmax(tf.add(scores, causalMask(seq, slidingWindow))).reshape([batch, kvHeads, group * seq, seq]);
-    const out = tf.matMul(probs, split(v, kvHeads)).reshape([batch, heads, seq, headDim]);
+    const out = tf.matMul(probs, split(v!, kvHeads)).reshape([batch, heads, seq, headDim]);
     return out.transpose([0, 2, 1, 3]).reshape([batch * seq, heads * headDim]);
   });
 }
 
-function checkArgs(q: tf.Tensor2D, k: tf.Tensor2D, v: tf.Tensor2D, s: AttentionShape): void {
+function checkArgs(qkv: tf.Tensor2D, s: AttentionShape): void {
   const fail = (what: string): never => {
     throw new Error(`causalAttention: ${what}`);
   };
-  const rows = s.batch * s.seq;
   for (const [name, n] of [['batch', s.batch], ['seq', s.seq], ['heads', s.heads], ['kvHeads', s.kvHeads], ['headDim', s.headDim]] as const) {
     if (!Number.isInteger(n) || n < 1) fail(`${name} must be a positive integer, got ${n}`);
   }
@@ -103,13 +97,10 @@ function checkArgs(q: tf.Tensor2D, k: tf.Tensor2D, v: tf.Tensor2D, s: AttentionS
   if (s.slidingWindow !== null && !(Number.isInteger(s.slidingWindow) && s.slidingWindow >= 1)) {
     fail(`slidingWindow must be a positive integer or null, got ${s.slidingWindow}`);
   }
-  const expect = (name: string, t: tf.Tensor, cols: number) => {
-    if (t.dtype !== 'float32') fail(`${name} must be float32, got ${t.dtype}`);
-    if (t.rank !== 2 || t.shape[0] !== rows || t.shape[1] !== cols) {
-      fail(`${name} must be [${rows}, ${cols}], got [${t.shape.join(', ')}]`);
-    }
-  };
-  expect('q', q, s.heads * s.headDim);
-  expect('k', k, s.kvHeads * s.headDim);
-  expect('v', v, s.kvHeads * s.headDim);
+  const rows = s.batch * s.seq;
+  const cols = (s.heads + 2 * s.kvHeads) * s.headDim;
+  if (qkv.dtype !== 'float32') fail(`qkv must be float32, got ${qkv.dtype}`);
+  if (qkv.rank !== 2 || qkv.shape[0] !== rows || qkv.shape[1] !== cols) {
+    fail(`qkv must be [${rows}, ${cols}] (batch·seq, (heads + 2·kvHeads)·headDim), got [${qkv.shape.join(', ')}]`);
+  }
 }

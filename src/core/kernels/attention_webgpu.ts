@@ -5,7 +5,7 @@ import gradCode from '../../../shaders/attention_grad.wgsl?raw';
 import statsCode from '../../../shaders/attention_stats.wgsl?raw';
 import { constantsKey, fillWgsl, type ProgramUniform, type WgslConstants } from './program_util';
 
-/** The shape of one causal self-attention, token-major: rows = batch·seq. */
+/** The shape of one causal self-attention over a packed qkv, token-major: rows = batch·seq. */
 export interface AttentionDims {
   rows: number;
   seq: number;
@@ -61,10 +61,10 @@ abstract class AttentionProgramBase implements WebGPUProgram {
   }
 }
 
-/** Inputs q [rows, heads·d], k, v [rows, kvHeads·d]; output [rows, heads·d]. */
+/** Input qkv [rows, (heads + 2·kvHeads)·d]; output [rows, heads·d]. */
 export class AttentionProgram extends AttentionProgramBase {
   outputShape: number[];
-  variableNames = ['queries', 'keys', 'values'];
+  variableNames = ['qkv'];
 
   constructor(dims: AttentionDims) {
     super('attention', forwardCode, dims, dims.rows * dims.heads);
@@ -72,10 +72,10 @@ export class AttentionProgram extends AttentionProgramBase {
   }
 }
 
-/** Inputs q, k, the forward output and its gradient; output [rows, heads, 2]: (logsumexp, delta). */
+/** Inputs qkv, the forward output and its gradient; output [rows, heads, 2]: (logsumexp, delta). */
 export class AttentionStatsProgram extends AttentionProgramBase {
   outputShape: number[];
-  variableNames = ['queries', 'keys', 'attnOut', 'dOut'];
+  variableNames = ['qkv', 'attnOut', 'dOut'];
 
   constructor(dims: AttentionDims) {
     super('attentionStats', statsCode, dims, dims.rows * dims.heads);
@@ -83,10 +83,10 @@ export class AttentionStatsProgram extends AttentionProgramBase {
   }
 }
 
-/** Inputs q, k, v, dOut, stats; output [rows, (heads + 2·kvHeads)·d]: dq | dk | dv. */
+/** Inputs qkv, dOut, stats; output the gradient of qkv, [rows, (heads + 2·kvHeads)·d]. */
 export class AttentionGradProgram extends AttentionProgramBase {
   outputShape: number[];
-  variableNames = ['queries', 'keys', 'values', 'dOut', 'stats'];
+  variableNames = ['qkv', 'dOut', 'stats'];
 
   constructor(dims: AttentionDims) {
     super('attentionGrad', gradCode, dims, dims.rows * (dims.heads + dims.kvHeads));

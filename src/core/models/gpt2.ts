@@ -58,8 +58,7 @@ export function buildGpt2(cfg: Gpt2Config, weights: ReadonlyMap<string, tf.Tenso
         let scale = cfg.scaleAttnWeights ? 1 / Math.sqrt(headDim) : 1;
         if (cfg.scaleAttnByInverseLayerIdx) scale /= i + 1;
         const qkv = apply(b.cAttn, layerNorm(h, b.ln1[0], b.ln1[1], cfg.eps));
-        const [q, k, v] = tf.split(qkv, 3, 1) as [tf.Tensor2D, tf.Tensor2D, tf.Tensor2D];
-        const attn = causalAttention(q, k, v, { batch, seq, heads: numHeads, kvHeads: numHeads, headDim, scale, slidingWindow: null });
+        const attn = causalAttention(qkv, { batch, seq, heads: numHeads, kvHeads: numHeads, headDim, scale, slidingWindow: null });
         h = tf.add(h, apply(b.attnProj, attn));
         const x = layerNorm(h, b.ln2[0], b.ln2[1], cfg.eps);
         h = tf.add(h, apply(b.mlpProj, act(apply(b.cFc, x)) as tf.Tensor2D));

@@ -119,7 +119,8 @@ export function buildLlama(cfg: LlamaConfig, weights: ReadonlyMap<string, tf.Ten
         const x = rmsNorm(h, b.inputNorm, eps);
         const q = applyRope(apply(b.q, x), batch, seq, headDim, cos, sin);
         const k = applyRope(apply(b.k, x), batch, seq, headDim, cos, sin);
-        const attn = causalAttention(q, k, apply(b.v, x), { ...attentionShape, batch, seq });
+        const qkv = tf.concat([q, k, apply(b.v, x)], 1) as tf.Tensor2D;
+        const attn = causalAttention(qkv, { ...attentionShape, batch, seq });
         h = tf.add(h, apply(b.o, attn));
         const y = rmsNorm(h, b.postAttnNorm, eps);
         const gated = tf.mul(silu(apply(b.gate, y)), apply(b.up, y)) as tf.Tensor2D;

@@ -277,8 +277,7 @@ function gpt2Floats(c: Gpt2Config, batch: number, seq: number, fused: boolean): 
     // and the attention write one tensor (attention needs no mask and keeps no [seq, seq] scores).
     const perLayer =
       T * H + // ln_1
-      3 * T * H + // c_attn [T, 3H]
-      3 * T * H + // split into q, k, v
+      3 * T * H + // c_attn [T, 3H], which attention reads as it is
       T * H + // attention
       T * H + // attn c_proj
       T * H + // ln_2
@@ -321,6 +320,7 @@ function llamaFloats(c: LlamaConfig, batch: number, seq: number, fused: boolean)
       T * qDim + rope(qDim) + // q_proj, rotated
       T * kvDim + rope(kvDim) + // k_proj, rotated
       T * kvDim + // v_proj
+      T * (qDim + 2 * kvDim) + // q, k and v concatenated for attention
       T * qDim + // attention
       T * H + // o_proj
       T * H + // post-attention norm
@@ -339,6 +339,7 @@ function llamaFloats(c: LlamaConfig, batch: number, seq: number, fused: boolean)
     T * qDim + T * qDim + rope(qDim) + // q_proj, to heads, rotated
     T * kvDim + T * kvDim + rope(kvDim) + // k_proj, to heads, rotated
     T * kvDim + T * kvDim + // v_proj, to heads
+    2 * T * (qDim + 2 * kvDim) + // q, k and v concatenated for attention, and split apart again there
     3 * T * qDim + // q·scale, probs·v, transposed back
     3 * scores + // scores, scores + mask, softmax
     T * H + // o_proj
