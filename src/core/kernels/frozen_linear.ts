@@ -1,7 +1,7 @@
 import * as tf from '@tensorflow/tfjs';
 import type { WebGPUBackend } from '@tensorflow/tfjs-backend-webgpu';
 import { LoraMatMulProgram } from './lora_matmul_webgpu';
-import { fusedKernelBackend, runProgram } from './webgpu_run';
+import { fusedKernelBackend, isTrainable, runProgram } from './webgpu_run';
 
 /** A projection without LoRA: the weight [in, out] ('in_out', GPT-2 Conv1D) or [out, in] ('out_in'). */
 export interface FrozenLinearArgs {
@@ -23,8 +23,7 @@ export interface FrozenLinearArgs {
  */
 export function frozenLinear(args: FrozenLinearArgs): tf.Tensor2D {
   const backend = fusedKernelBackend();
-  const trainable = (t: tf.Tensor | null) => t instanceof tf.Variable && t.trainable;
-  if (!backend || trainable(args.weight) || trainable(args.bias) || args.x.dtype !== 'float32') {
+  if (!backend || isTrainable(args.weight) || isTrainable(args.bias) || args.x.dtype !== 'float32') {
     return frozenLinearReference(args);
   }
   return fusedFrozenLinear(backend, args);

@@ -1,7 +1,7 @@
 import * as tf from '@tensorflow/tfjs';
 import type { WebGPUBackend } from '@tensorflow/tfjs-backend-webgpu';
 import { NormGradProgram, NormProgram } from './norm_webgpu';
-import { fusedKernelBackend, runProgram } from './webgpu_run';
+import { fusedKernelBackend, isTrainable, runProgram } from './webgpu_run';
 
 /** 'layer': torch.nn.LayerNorm (mean and biased variance, weight and bias); 'rms': RMSNorm (weight only). */
 export type NormKind = 'layer' | 'rms';
@@ -21,6 +21,11 @@ export function normalizeReference(
   kind: NormKind,
 ): tf.Tensor2D {
   checkArgs(x, weight, bias, eps, kind);
+  return stockNormalize(x, weight, bias, eps, kind);
+}
+
+/** normalizeReference's composition, for arguments already checked. */
+function stockNormalize(x: tf.Tensor2D, weight: tf.Tensor, bias: tf.Tensor | null, eps: number, kind: NormKind): tf.Tensor2D {
   return tf.tidy(() => {
     if (kind === 'rms') {
       const meanSquare = tf.mean(tf.square(x), -1, true);
@@ -50,8 +55,7 @@ export function normalize(
 ): tf.Tensor2D {
   checkArgs(x, weight, bias, eps, kind);
   const backend = fusedKernelBackend();
-  const trainable = (t: tf.Tensor | null) => t instanceof tf.Variable && t.trainable;
-  if (!backend || trainable(weight) || trainable(bias)) return normalizeReference(x, weight, bias, eps, kind);
+  if (!backend || isTrainable(weight) || isTrainable(bias)) return stockNormalize(x, weight, bias, eps, kind);
   return fusedNormalize(backend, x, weight, bias, eps, kind);
 }
 

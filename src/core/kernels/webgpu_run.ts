@@ -21,6 +21,14 @@ export function fusedKernelBackend(): WebGPUBackend | null {
   return typeof backend.runWebGPUProgram === 'function' ? (backend as WebGPUBackend) : null;
 }
 
+/**
+ * True for a weight that training updates (a tf.Variable marked trainable). The fused ops close over
+ * the weights they are given and compute no gradient for them, so such a weight takes the stock path.
+ */
+export function isTrainable(t: tf.Tensor | null): boolean {
+  return t instanceof tf.Variable && t.trainable;
+}
+
 /** Runs one of our programs and returns its output as an ordinary tensor (tidy and tf.memory() see it). */
 export function runProgram(
   backend: WebGPUBackend,
