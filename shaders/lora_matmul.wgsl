@@ -4,7 +4,9 @@
 //
 // Forward: lhs = x, rhs = W', low = dropout(x)·Aᵀ, up(n, j) = B[n, j].
 // dx:      lhs = dy, rhs = W'ᵀ, low = dxa, up(n, j) = A[j, n], dropMask = the dropout mask.
-// The frozen weight is read in whichever layout it is stored in, so no transpose is materialized.
+// The frozen weight is read in whichever layout it is stored in, so no transpose is materialized, and
+// in whichever encoding it is held in (packed_weight.wgsl, prefixed): float32, bf16/f16 halves, int8 or NF4
+// codes with their scales in rhsScale (a stand-in when the encoding has none), decoded as tiles are loaded.
 //
 // Each thread owns a 4×4 block of outputs strided by the workgroup size (rows ty + i·WG_Y, columns
 // tx + j·WG_X), so that neighbouring threads touch neighbouring addresses in workgroup and global memory.
@@ -24,6 +26,24 @@ const WG_SIZE : i32 = WG_X * WG_Y;
 
 var<workgroup> lhsTile : array<f32, TILE_M * TILE_K>;  // [TILE_M][TILE_K]
 var<workgroup> rhsTile : array<f32, TILE_K * TILE_N>;  // [TILE_K][TILE_N]
+
+// The frozen weight's element (k, n) of this product, read from its stored [rows, cols] layout.
+fn readRhs(k : i32, n : i32) -> f32 {
+  var row = n;
+  var col = k;
+  var cols = uniforms.dimK;
+  if (RHS_KN) {
+    row = k;
+    col = n;
+    cols = uniforms.dimN;
+  }
+  let flat = row * cols + col;
+  let value = unpackElement(bitcast<u32>(rhs[flat / PER_WORD]), flat);
+  if (SCALE_MODE == 0) {
+    return value;
+  }
+  return value * f32(rhsScale[scaleIndexOf(row, col, flat)]);
+}
 
 fn readUp(n : i32, j : i32) -> f32 {
   if (UP_NR) {
@@ -72,11 +92,7 @@ fn main() {
       let n = n0 + nn;
       var v = 0.0;
       if (k < dimK && n < dimN) {
-        if (RHS_KN) {
-          v = rhs[k * dimN + n];
-        } else {
-          v = rhs[n * dimK + k];
-        }
+        v = readRhs(k, n);
       }
       rhsTile[kk * TILE_N + nn] = v;
     }

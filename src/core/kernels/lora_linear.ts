@@ -1,8 +1,10 @@
 import * as tf from '@tensorflow/tfjs';
 import type { WebGPUBackend } from '@tensorflow/tfjs-backend-webgpu';
+import { isPacked, matrixShape, tensorsOf, withTensors, type FrozenMatrix } from '../weights/packed';
 import { LoraMatMulProgram } from './lora_matmul_webgpu';
 import { LoraProjectProgram } from './lora_project_webgpu';
 import { LoraTokenReduceProgram } from './lora_token_reduce_webgpu';
+import { encodingOf, matrixBindings } from './packed_weight_webgpu';
 import { loraLinearReference } from './reference';
 import { fusedKernelBackend, runProgram } from './webgpu_run';
 
@@ -11,8 +13,11 @@ export { loraLinearReference };
 export interface LoraLinearArgs {
   /** [T, in], T = batch·tokens. */
   x: tf.Tensor2D;
-  /** The frozen base weight: [in, out] for 'in_out' (GPT-2 Conv1D), [out, in] for 'out_in' (nn.Linear). */
-  weight: tf.Tensor2D;
+  /**
+   * The frozen base weight: [in, out] for 'in_out' (GPT-2 Conv1D), [out, in] for 'out_in' (nn.Linear);
+   * float32 values or packed words (weights/packed.ts).
+   */
+  weight: FrozenMatrix;
   layout: 'in_out' | 'out_in';
   /** [out], frozen. */
   bias: tf.Tensor1D | null;
@@ -52,6 +57,8 @@ function fusedLoraLinear(backend: WebGPUBackend, args: LoraLinearArgs, dims: Lor
   const { weight, layout, bias, scaling, dropoutMask } = args;
   const { tokens, inFeatures, outFeatures, rank } = dims;
   const hasMask = dropoutMask !== null;
+  const rhsEncoding = encodingOf(weight);
+  const weightTensorCount = tensorsOf(weight).length;
 
   // xa = dropout(x)·Aᵀ, needed by the forward epilogue and by dB.
   const project = (x: tf.Tensor, loraA: tf.Tensor, mask: tf.Tensor | null) =>
@@ -80,19 +87,21 @@ function fusedLoraLinear(backend: WebGPUBackend, args: LoraLinearArgs, dims: Lor
         rank,
         scale: scaling,
         rhsLayout: layout === 'in_out' ? 'kn' : 'nk',
+        rhsEncoding,
         upLayout: 'nr',
         hasBias: bias !== null,
         hasMask: false,
       }),
-      [x, weight, xa, loraB, bias ?? x, x],
+      [x, ...matrixBindings(weight, x), xa, loraB, bias ?? x, x],
     );
-    // x holds the mask's place when there is none, so that xa keeps its index.
-    save([x, loraA, loraB, weight, dropoutMask ?? x, ...(saveXa ? [xa] : [])]);
+    // x holds the mask's place when there is none, so that xa keeps its index; the weight's tensors
+    // (one, or words and scales) come last.
+    save([x, loraA, loraB, dropoutMask ?? x, ...(saveXa ? [xa] : []), ...tensorsOf(weight)]);
 
     const gradFunc = (dy: tf.Tensor, saved: tf.Tensor[]): tf.Tensor[] => {
-      const [sx, sA, sB, sw, sMaskOrX, sxa] = saved as [
-        tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor | undefined,
-      ];
+      const [sx, sA, sB, sMaskOrX] = saved as [tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor];
+      const sxa = saveXa ? saved[4] : undefined;
+      const sw = withTensors(weight, saved.slice(saved.length - weightTensorCount));
       const mask = hasMask ? sMaskOrX : null;
       const xaForDB = sxa ?? project(sx, sA, mask);
       // dxa = s·dy·B, already scaled, feeds both dA and the LoRA part of dx.
@@ -125,11 +134,12 @@ function fusedLoraLinear(backend: WebGPUBackend, args: LoraLinearArgs, dims: Lor
           rank,
           scale: 1,
           rhsLayout: layout === 'in_out' ? 'nk' : 'kn',
+          rhsEncoding,
           upLayout: 'rn',
           hasBias: false,
           hasMask,
         }),
-        [dy, sw, dxa, sA, dy, mask ?? dy],
+        [dy, ...matrixBindings(sw, dy), dxa, sA, dy, mask ?? dy],
       );
       dxa.dispose();
       if (!sxa) xaForDB.dispose();
@@ -146,16 +156,16 @@ function checkArgs(args: LoraLinearArgs): LoraDims {
     throw new Error(`loraLinear: ${what}`);
   };
   const shape = (t: tf.Tensor): string => `[${t.shape.join(', ')}]`;
-  const named = { x, weight, bias, loraA, loraB, dropoutMask };
+  const named = { x, weight: isPacked(weight) ? null : weight, bias, loraA, loraB, dropoutMask };
   for (const [name, t] of Object.entries(named)) {
     if (t && t.dtype !== 'float32') fail(`${name} must be float32, got ${t.dtype}`);
   }
   if (x.rank !== 2) fail(`x must be [tokens, in], got ${shape(x)}`);
   const [tokens, inFeatures] = x.shape as [number, number];
-  if (weight.rank !== 2) fail(`weight must be 2-D, got ${shape(weight)}`);
-  const [w0, w1] = weight.shape as [number, number];
+  if (!isPacked(weight) && weight.rank !== 2) fail(`weight must be 2-D, got ${shape(weight)}`);
+  const [w0, w1] = matrixShape(weight);
   const [wIn, outFeatures] = layout === 'in_out' ? [w0, w1] : [w1, w0];
-  if (wIn !== inFeatures) fail(`weight ${shape(weight)} (${layout}) does not take ${inFeatures} inputs`);
+  if (wIn !== inFeatures) fail(`weight [${w0}, ${w1}] (${layout}) does not take ${inFeatures} inputs`);
   if (loraA.rank !== 2 || loraA.shape[1] !== inFeatures) fail(`loraA must be [r, ${inFeatures}], got ${shape(loraA)}`);
   const rank = loraA.shape[0] as number;
   if (loraB.rank !== 2 || loraB.shape[0] !== outFeatures || loraB.shape[1] !== rank) {

@@ -1,5 +1,6 @@
 import type { WebGPUProgram } from '@tensorflow/tfjs-backend-webgpu';
 import code from '../../../shaders/lora_matmul.wgsl?raw';
+import { encodingConstants, PACKED_WEIGHT_WGSL, type MatrixEncoding } from './packed_weight_webgpu';
 import { constantsKey, fillWgsl, type ProgramUniform, type WgslConstants } from './program_util';
 
 export interface LoraMatMulParams {
@@ -15,6 +16,8 @@ export interface LoraMatMulParams {
   scale: number;
   /** How the frozen weight is stored relative to this product: [K, N] or [N, K]. */
   rhsLayout: 'kn' | 'nk';
+  /** How the frozen weight's elements are held (float32, or packed and decoded as tiles load). */
+  rhsEncoding: MatrixEncoding;
   /** How the up-projection is stored: [N, r] (B in the forward pass) or [r, N] (A in dx). */
   upLayout: 'nr' | 'rn';
   hasBias: boolean;
@@ -24,14 +27,15 @@ export interface LoraMatMulParams {
 /**
  * `lhs·rhs + bias + scale·mask⊙(low·up)`: the base matmul, register-blocked 4×4 per thread over
  * workgroup-memory tiles, with the LoRA term added in its epilogue. Inputs, in order:
- * lhs [M, K], rhs, low [M, r], up, bias [N], dropMask [M, N] (absent ones are stand-ins, never read).
+ * lhs [M, K], rhs (values or packed words), rhsScale (the packed encoding's scales), low [M, r], up,
+ * bias [N], dropMask [M, N] (absent ones are float32 stand-ins, never read).
  */
 export class LoraMatMulProgram implements WebGPUProgram {
   outputShape: number[];
   shaderKey: string;
   dispatchLayout = { x: [1], y: [0] };
   dispatch: [number, number, number];
-  variableNames = ['lhs', 'rhs', 'low', 'up', 'bias', 'dropMask'];
+  variableNames = ['lhs', 'rhs', 'rhsScale', 'low', 'up', 'bias', 'dropMask'];
   uniforms = 'dimM : i32, dimN : i32, dimK : i32, rank : i32, scale : f32,';
   workgroupSize: [number, number, number];
   uniformData: ProgramUniform[];
@@ -51,6 +55,7 @@ export class LoraMatMulProgram implements WebGPUProgram {
       UP_NR: params.upLayout === 'nr',
       HAS_BIAS: params.hasBias,
       HAS_MASK: params.hasMask,
+      ...encodingConstants(params.rhsEncoding),
     };
     this.outputShape = [dimM, dimN];
     this.dispatch = [Math.ceil(dimN / (wgX * 4)), Math.ceil(dimM / (wgY * 4)), 1];
@@ -65,6 +70,6 @@ export class LoraMatMulProgram implements WebGPUProgram {
   }
 
   getUserCode(): string {
-    return fillWgsl(code, this.constants);
+    return fillWgsl(`${PACKED_WEIGHT_WGSL}\n${code}`, this.constants);
   }
 }

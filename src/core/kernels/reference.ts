@@ -1,4 +1,5 @@
 import * as tf from '@tensorflow/tfjs';
+import { unpackMatrix } from './frozen_matrix';
 import type { LoraLinearArgs } from './lora_linear';
 
 /**
@@ -9,7 +10,7 @@ import type { LoraLinearArgs } from './lora_linear';
 export function loraLinearReference(args: LoraLinearArgs): tf.Tensor2D {
   const { x, weight, layout, bias, loraA, loraB, scaling, dropoutMask } = args;
   return tf.tidy(() => {
-    const base = tf.matMul(x, weight, false, layout === 'out_in');
+    const base = tf.matMul(x, unpackMatrix(weight), false, layout === 'out_in');
     const biased = bias ? tf.add(base, bias) : base;
     const dropped = dropoutMask ? tf.mul(x, dropoutMask) : x;
     // Scaling the [T, r] product is the cheapest place for s.

@@ -33,7 +33,7 @@ export interface CaseResult {
 }
 
 interface CaseTensors {
-  args: Omit<LoraLinearArgs, 'x' | 'loraA' | 'loraB'>;
+  args: Omit<LoraLinearArgs, 'x' | 'loraA' | 'loraB' | 'weight'> & { weight: tf.Tensor2D };
   x: tf.Tensor2D;
   loraA: tf.Tensor2D;
   loraB: tf.Tensor2D;
