@@ -25,7 +25,9 @@ import type { TextTokenizer } from './tokenizer';
  * Records are tokenized segment by segment, and the ids concatenated, so a loss mask follows the segment
  * boundaries exactly. A BPE merge that would have crossed a boundary (the last characters of a prompt with the
  * first of its completion) does not happen, so ids at a boundary can differ slightly from encoding the whole
- * string; LLaMA-Factory tokenizes prompt and response separately for the same reason.
+ * string; LLaMA-Factory tokenizes prompt and response separately for the same reason. Each document starts with
+ * the tokenizer's BOS when it has one (Llama 2's `<s>`; see documentPrefix): in plain text a token like the others,
+ * in records with a prompt part of the prompt, so not trained.
  *
  * Everything streams: the file is read in 1 MiB slices and tokenized as it is read, with progress and
  * cancellation between records, so no more than the resulting token ids is ever held.
@@ -234,16 +236,32 @@ const KIND_LABELS: Readonly<Record<RecordKind, string>> = {
 
 function tokenizeRecord(record: DatasetRecord, tokenizer: TextTokenizer): DatasetDoc {
   const parts = record.segments.map((s) => tokenizer.encode(s.text));
+  const prefix = documentPrefix(parts, tokenizer.prefixIds);
   // Most records are one or two segments; concat copies once instead of pushing id by id.
-  const ids = parts.length === 1 ? parts[0]! : ([] as number[]).concat(...parts);
+  const ids = parts.length === 1 && prefix.length === 0 ? parts[0]! : prefix.concat(...parts);
   if (record.kind === 'text') return { id: record.id, ids };
   const lossMask = new Uint8Array(ids.length);
-  let at = 0;
+  let at = prefix.length; // the BOS belongs to the prompt: read, not trained
   parts.forEach((part, i) => {
     if (record.segments[i]!.trained) lossMask.fill(1, at, at + part.length);
     at += part.length;
   });
   return { id: record.id, ids, lossMask };
+}
+
+/**
+ * The tokenizer's BOS (prefixIds) goes before every document, as `tokenizer(text)` puts it in transformers, unless
+ * the document already starts with it: chat templates write `bos_token` themselves (Llama 3's does), and
+ * apply_chat_template then adds nothing. An empty record stays empty, so it is still reported as empty.
+ */
+function documentPrefix(parts: readonly number[][], prefixIds: readonly number[]): number[] {
+  if (prefixIds.length === 0) return [];
+  const head: number[] = [];
+  for (const part of parts) {
+    for (let i = 0; i < part.length && head.length < prefixIds.length; i++) head.push(part[i]!);
+  }
+  if (head.length === 0) return [];
+  return prefixIds.every((id, i) => head[i] === id) ? [] : [...prefixIds];
 }
 
 /**

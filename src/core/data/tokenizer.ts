@@ -1,14 +1,25 @@
-import { Tokenizer } from '@huggingface/tokenizers';
+import { SplitPreTokenizer, Tokenizer } from '@huggingface/tokenizers';
 import { UserError } from '../errors';
+import { ChunkedEncoder, type PieceEncoders } from './chunked-encoder';
+import { splitRuleOf } from './safe-splits';
 
 /** The slice of a Hugging Face tokenizer that LoRA Lab needs. */
 export interface TextTokenizer {
   encode(text: string): number[];
   decode(ids: readonly number[]): string;
-  /** The id of one token as text (e.g. a byte or word piece), for previews. */
+  /**
+   * One token as text (e.g. a byte or word piece), for previews: as it reads inside a text, so a SentencePiece word
+   * piece keeps its leading space ("▁world" is " world").
+   */
   tokenText(id: number): string;
   /** End-of-text token, put between documents when packing; null if the tokenizer has none. */
   readonly eosId: number | null;
+  /**
+   * The special tokens the tokenizer puts before a text when asked for them, as `tokenizer(text)` does in
+   * transformers (Llama 2's `<s>`); empty when it adds none (GPT-2, Qwen). Dataset reading puts them at the start
+   * of every document, where the model saw them in pretraining.
+   */
+  readonly prefixIds: readonly number[];
   /** Largest id the tokenizer can produce, plus one. */
   readonly vocabSize: number;
 }
@@ -31,14 +42,67 @@ export function loadTokenizer(tokenizerJson: string, tokenizerConfigJson: string
   }
   const eosId = eosTokenId(tokenizer, config);
   const vocabSize = tokenizerVocabSize(tokenizer);
+  // add_special_tokens: false — LoRA Lab places BOS/EOS itself when it reads and packs documents.
+  const encodeWhole = (text: string) => tokenizer.encode(text, { add_special_tokens: false }).ids;
+  const chunked = new ChunkedEncoder(splitRuleOf(spec, config), pieceEncoders(tokenizer, spec, encodeWhole));
+  // Exactly the text the ids stand for: no clean-up of spaces before punctuation (" ." stays " ."), which
+  // tokenizer_config.json may ask for but which would make previews and round trips lie.
+  const decode = (ids: readonly number[]) => (ids.length === 0 ? '' : tokenizer.decode([...ids], { skip_special_tokens: false, clean_up_tokenization_spaces: false }));
   return {
-    // add_special_tokens: false — LoRA Lab places BOS/EOS itself when it packs documents.
-    encode: (text) => tokenizer.encode(text, { add_special_tokens: false }).ids,
-    decode: (ids) => tokenizer.decode([...ids], { skip_special_tokens: false }),
-    tokenText: (id) => tokenizer.decode([id], { skip_special_tokens: false }),
+    encode: (text) => chunked.encode(text),
+    decode,
+    tokenText: tokenTextIn(decode, encodeWhole('a')),
     eosId,
+    prefixIds: prefixIdsOf(tokenizer),
     vocabSize,
   };
+}
+
+/**
+ * The parts of the tokenizer that ChunkedEncoder encodes smaller pieces with: its regex pre-tokenizer (built anew
+ * from the same config, as the library's own is not exposed) and its BPE model, whose tokens map to ids as
+ * Tokenizer.encode maps them (added tokens first).
+ */
+function pieceEncoders(tokenizer: Tokenizer, spec: Record<string, unknown>, whole: (text: string) => number[]): PieceEncoders {
+  const encoders: PieceEncoders = { whole };
+  const pre = spec.pre_tokenizer as { type?: unknown; pretokenizers?: unknown[] } | null | undefined;
+  const split = pre?.type === 'Sequence' ? (pre.pretokenizers?.[0] as { type?: unknown } | undefined) : undefined;
+  if (split?.type === 'Split') {
+    const splitter = new SplitPreTokenizer(split as ConstructorParameters<typeof SplitPreTokenizer>[0]);
+    encoders.pretokenize = (text) => splitter.pre_tokenize_text(text);
+  }
+  const model = tokenizer.model;
+  if (model !== null) {
+    const added = new Map<string, number>();
+    for (const token of (spec.added_tokens ?? []) as { content: string; id: number }[]) added.set(token.content, token.id);
+    encoders.model = (normalized) => model([normalized]).map((t) => added.get(t) ?? model.tokens_to_ids.get(t) ?? model.unk_token_id!);
+  }
+  return encoders;
+}
+
+/**
+ * A token's text as it reads after another token. Decoders of SentencePiece models drop the space that opens a text
+ * ("▁world" alone decodes to "world"), which would run a preview's words together, so each token is decoded after a
+ * plain letter and that letter's text cut off again.
+ */
+function tokenTextIn(decode: (ids: readonly number[]) => string, anchor: readonly number[]): (id: number) => string {
+  const anchorId = anchor.length === 1 ? anchor[0]! : null;
+  const anchorText = anchorId === null ? '' : decode([anchorId]);
+  return (id) => {
+    if (anchorId === null) return decode([id]);
+    const both = decode([anchorId, id]);
+    return both.startsWith(anchorText) ? both.slice(anchorText.length) : decode([id]);
+  };
+}
+
+/** The ids the tokenizer's post-processor adds before a text (its BOS), found by encoding with and without them. */
+function prefixIdsOf(tokenizer: Tokenizer): number[] {
+  const bare = tokenizer.encode('a', { add_special_tokens: false }).ids;
+  const full = tokenizer.encode('a', { add_special_tokens: true }).ids;
+  for (let at = 0; at + bare.length <= full.length; at++) {
+    if (bare.every((id, i) => full[at + i] === id)) return full.slice(0, at);
+  }
+  return [];
 }
 
 function parseJsonObject(text: string, file: string): Record<string, unknown> {
