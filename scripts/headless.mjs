@@ -1,69 +1,22 @@
 #!/usr/bin/env node
 // The headless runner: `npm run headless -- train --config RUN.yaml`.
 // Builds the app, serves it on 127.0.0.1, drives it in headless Chromium, imports the model and data
-// the config names through the app's own code paths, trains, and writes the run's output folder
-// (PEFT adapter, logs/, config.yaml, metrics.csv, diagnosis.json) into the config's output_dir.
-// Exits 0 on success; on bad input, non-zero with a one-line message.
+// the config names through the app's own worker calls, trains, and writes the run's output folder
+// (PEFT adapter, logs/, config.yaml, metrics.csv, diagnosis.json, run_summary.json) into output_dir.
+// Exits 0 on success. Every failure, from a bad path to a crashed page, ends with exactly one line
+// `error: …` on stderr and a non-zero exit (2 for bad input, 1 otherwise), never a stack trace.
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { basename, dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { parse as parseYaml } from 'yaml';
-import { launchChromium } from './chromium.mjs';
+import { crashWatch, resumeAfterCrash } from './headless-crash.mjs';
+import { firstLine, guardPage, RunnerError, withTimeout } from './headless-guard.mjs';
+import { InputError, parseArgs, readConfig } from './headless-inputs.mjs';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
-
-class InputError extends Error {}
-
-function usage() {
-  return 'usage: npm run headless -- train --config RUN.yaml';
-}
-
-function parseArgs(argv) {
-  const [command, ...rest] = argv;
-  if (command !== 'train') throw new InputError(usage());
-  const i = rest.indexOf('--config');
-  const config = i >= 0 ? rest[i + 1] : undefined;
-  if (!config) throw new InputError(usage());
-  return { configPath: resolve(config) };
-}
-
-/** Paths in the config are relative to the config file. Everything else is validated by the app itself. */
-function readPaths(configPath) {
-  if (!existsSync(configPath)) throw new InputError(`${configPath}: no such config file`);
-  const text = readFileSync(configPath, 'utf8');
-  let data;
-  try {
-    data = parseYaml(text) ?? {};
-  } catch (e) {
-    throw new InputError(`${basename(configPath)}: not valid YAML (${String(e.message).split('\n')[0]})`);
-  }
-  if (typeof data !== 'object' || Array.isArray(data)) throw new InputError(`${basename(configPath)}: must be a YAML mapping of keys to values`);
-  const base = dirname(configPath);
-  const path = (key, required) => {
-    const value = data[key];
-    if (value === undefined || value === null || value === '') {
-      if (required) throw new InputError(`${basename(configPath)}: ${key} is required`);
-      return null;
-    }
-    if (typeof value !== 'string') throw new InputError(`${basename(configPath)}: ${key} must be a path`);
-    return resolve(base, value);
-  };
-  const paths = {
-    text,
-    baseModel: path('base_model', true),
-    trainData: path('train_data', true),
-    valData: path('val_data', false),
-    outputDir: path('output_dir', true),
-    backend: typeof data.backend === 'string' ? data.backend : 'auto',
-  };
-  if (!existsSync(paths.baseModel) || !statSync(paths.baseModel).isDirectory()) throw new InputError(`base_model: ${paths.baseModel} is not a folder`);
-  for (const key of ['trainData', 'valData']) {
-    if (paths[key] && !existsSync(paths[key])) throw new InputError(`${key === 'trainData' ? 'train_data' : 'val_data'}: ${paths[key]} does not exist`);
-  }
-  return paths;
-}
+/** Starting the app (page load, engine worker, backend) takes seconds; this is for a machine under load. */
+const START_TIMEOUT_MS = 180_000;
 
 const fmt = (n, digits = 4) => (Number.isFinite(n) ? Number(n.toPrecision(digits)).toString() : String(n));
 const eta = (s) => (!Number.isFinite(s) ? '…' : s < 60 ? `${Math.round(s)} s` : `${Math.round(s / 60)} min`);
@@ -71,7 +24,7 @@ const eta = (s) => (!Number.isFinite(s) ? '…' : s < 60 ? `${Math.round(s)} s` 
 function printEvent(e) {
   switch (e.kind) {
     case 'started':
-      console.log(`run ${e.runId}: ${e.totalSteps} steps, ${e.trainTokens} training tokens, ${e.evalTokens} eval tokens, ${e.trainableParameters} trainable parameters`);
+      console.log(`run ${e.runId}: ${e.totalSteps} steps, ${e.trainTokens} training tokens, ${e.evalTokens} eval tokens, ${e.trainableParameters} trainable parameters${e.fromStep > 0 ? `; resuming after step ${e.fromStep}` : ''}`);
       break;
     case 'step':
       console.log(`step ${e.step} epoch ${fmt(e.epoch, 3)} loss ${fmt(e.loss)} lr ${fmt(e.learningRate, 3)} grad_norm ${fmt(e.gradNorm, 3)} tok/s ${Math.round(e.tokensPerSecond)} eta ${eta(e.secondsLeft)}`);
@@ -87,82 +40,224 @@ function printEvent(e) {
   }
 }
 
-async function main() {
-  const { configPath } = parseArgs(process.argv.slice(2));
-  const paths = readPaths(configPath);
+/** A line when a phase begins (storing weights, loading them, tokenizing), then one at most every 15 s. */
+function progressPrinter() {
+  let phase = null;
+  let last = 0;
+  return (p) => {
+    const now = Date.now();
+    if (p.phase === phase && now - last < 15_000) return;
+    const amount = p.total > 0 ? ` ${Math.floor((100 * p.done) / p.total)}%` : '';
+    const size = p.unit === 'bytes' && p.total > 0 ? ` of ${fmt(p.total / 2 ** 20, 3)} MiB` : '';
+    console.log(`${p.phase}…${amount}${size}`);
+    phase = p.phase;
+    last = now;
+  };
+}
 
-  const outDir = mkdtempSync(join(tmpdir(), 'lora-lab-headless-'));
-  const { preview } = await import('vite');
-  let server;
-  let browser;
+/** vite build, quiet on success; on failure its first error line, not its whole report. */
+function buildApp(outDir) {
   try {
-    console.log('building the app…');
-    execFileSync('npx', ['vite', 'build', '--logLevel', 'error', '--outDir', outDir, '--emptyOutDir'], { cwd: ROOT, stdio: 'inherit', env: { ...process.env, NODE_ENV: 'production' } });
-    server = await preview({ root: ROOT, build: { outDir }, preview: { host: '127.0.0.1', port: 0 }, logLevel: 'error' });
-    const url = server.resolvedUrls.local[0];
-    console.log(`serving ${url}`);
-
-    browser = await launchChromium();
-    const { page, context } = browser;
-    if (paths.backend === 'webgpu' || paths.backend === 'wasm') {
-      await context.addInitScript((b) => localStorage.setItem('lora-lab.backend', b), paths.backend);
-    }
-    await page.exposeFunction('loraLabHeadlessEvent', printEvent);
-    await page.goto(url);
-    await page.waitForFunction(() => window.loraLab !== undefined);
-    const backend = await page.evaluate(() => window.loraLab.ready.then(() => document.querySelector('[data-testid=backend]')?.textContent ?? ''));
-    console.log(`backend: ${backend.replace(/\s+/g, ' ').trim()}`);
-
-    console.log(`importing ${paths.baseModel}`);
-    await page.locator('[data-testid=model-folder-input]').setInputFiles(paths.baseModel);
-    const modelName = basename(paths.baseModel);
-    const errorOrModel = await Promise.race([
-      page.getByRole('radio', { name: new RegExp(`^${modelName.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}\\b`) }).waitFor({ timeout: 600_000 }).then(() => null),
-      page.getByRole('alert').first().waitFor({ timeout: 600_000 }).then(() => page.getByRole('alert').first().textContent()),
-    ]);
-    if (errorOrModel) throw new InputError(errorOrModel.replace(/\s+/g, ' ').replace(/^Could not use this input\s*/, '').replace(/Dismiss$/, '').trim());
-    const modelId = await page.getByRole('radio', { checked: true }).inputValue();
-
-    const file = (p) => (p ? { name: basename(p), base64: readFileSync(p).toString('base64') } : null);
-    const result = await page.evaluate(
-      async ({ modelId, configYaml, train, val }) => {
-        const toFile = (f) => (f ? new File([Uint8Array.from(atob(f.base64), (c) => c.charCodeAt(0))], f.name) : null);
-        try {
-          const run = await window.loraLab.call('train', { modelId, configYaml, trainData: toFile(train), valData: toFile(val) }, { onEvent: (e) => window.loraLabHeadlessEvent(e) });
-          const { files } = await window.loraLab.call('exportRun', { runId: run.runId });
-          const b64 = (bytes) => {
-            let s = '';
-            for (let i = 0; i < bytes.length; i += 0x8000) s += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
-            return btoa(s);
-          };
-          return { ok: true, run, files: files.map((f) => ({ path: f.path, base64: b64(f.bytes) })) };
-        } catch (e) {
-          return { ok: false, message: e.message, userError: e.detail?.userError ?? false };
-        }
-      },
-      { modelId, configYaml: paths.text, train: file(paths.trainData), val: file(paths.valData) },
-    );
-    if (!result.ok) {
-      if (result.userError) throw new InputError(result.message);
-      throw new Error(result.message);
-    }
-    for (const f of result.files) {
-      const target = join(paths.outputDir, f.path);
-      mkdirSync(dirname(target), { recursive: true });
-      writeFileSync(target, Buffer.from(f.base64, 'base64'));
-    }
-    console.log(`run ${result.run.reason} after ${result.run.steps} steps; wrote ${result.files.length} files to ${paths.outputDir}`);
-  } finally {
-    await browser?.close();
-    await new Promise((r) => (server ? server.httpServer.close(r) : r()));
-    rmSync(outDir, { recursive: true, force: true });
+    execFileSync('npx', ['vite', 'build', '--logLevel', 'error', '--outDir', outDir, '--emptyOutDir'], {
+      cwd: ROOT,
+      stdio: ['ignore', 'ignore', 'pipe'],
+      maxBuffer: 64 * 2 ** 20,
+      env: { ...process.env, NODE_ENV: 'production' },
+    });
+  } catch (e) {
+    throw new RunnerError(`building the app failed: ${firstLine(e.stderr?.toString() || e)}`);
   }
 }
 
+/**
+ * Hands files to the page through hidden file inputs: Chromium reads them from disk itself (links
+ * followed, nothing base64-encoded, no size limit) and the page gets real File objects.
+ */
+async function fileInput(page, id, paths) {
+  await page.evaluate((id) => {
+    const input = Object.assign(document.createElement('input'), { type: 'file', multiple: true, id, hidden: true });
+    document.body.append(input);
+  }, id);
+  await page.setInputFiles(`#${id}`, paths);
+  const count = await page.evaluate((id) => document.getElementById(id).files.length, id);
+  if (count !== paths.length) throw new RunnerError(`Chromium took ${count} of the ${paths.length} files given for ${id}`);
+}
+
+async function main() {
+  const { configPath, crashAtStep } = parseArgs(process.argv.slice(2));
+  const crash = crashAtStep === null ? null : crashWatch(crashAtStep);
+  const paths = readConfig(configPath);
+
+  const outDir = mkdtempSync(join(tmpdir(), 'lora-lab-headless-'));
+  let server;
+  let browser;
+  let guard;
+  const cleanUp = async () => {
+    guard?.closing();
+    if (browser) await withTimeout(browser.close(), 30_000);
+    if (server) {
+      server.httpServer.closeAllConnections?.();
+      await withTimeout(new Promise((r) => server.httpServer.close(r)), 10_000);
+    }
+    rmSync(outDir, { recursive: true, force: true });
+  };
+  onSignals(cleanUp);
+  try {
+    console.log('building the app…');
+    buildApp(outDir);
+    const { preview } = await import('vite');
+    server = await preview({ root: ROOT, build: { outDir }, preview: { host: '127.0.0.1', port: 0 }, logLevel: 'silent' });
+    const url = server.resolvedUrls.local[0];
+    console.log(`serving ${url}`);
+
+    try {
+      // Loaded here, not at the top: bad input is refused without loading playwright at all.
+      const { launchChromium } = await import('./chromium.mjs');
+      browser = await launchChromium();
+    } catch (e) {
+      throw new RunnerError(`could not start Chromium: ${firstLine(e)}`);
+    }
+    const { context } = browser;
+    let { page } = browser;
+    guard = guardPage({ page, context });
+    page.setDefaultTimeout(START_TIMEOUT_MS);
+    if (paths.backend === 'webgpu' || paths.backend === 'wasm') {
+      await context.addInitScript((b) => localStorage.setItem('lora-lab.backend', b), paths.backend);
+    }
+    const printProgress = progressPrinter();
+    const setUp = async (p) => {
+      await p.exposeFunction('loraLabHeadlessEvent', (e) => {
+        crash?.see(e);
+        printEvent(e);
+      });
+      await p.exposeFunction('loraLabHeadlessProgress', printProgress);
+    };
+    await setUp(page);
+
+    await guard.step('opening the app', page.goto(url));
+    await guard.step('starting the engine', page.waitForFunction(() => window.loraLab !== undefined));
+    const backend = await guard.step(
+      'starting the engine',
+      page.evaluate(() =>
+        window.loraLab.ready.then(() => {
+          const panel = document.querySelector('[data-testid=backend]');
+          const parts = [...(panel?.querySelectorAll('.badge, .reason, .adapter') ?? [])].map((e) => e.textContent.replace(/\s+/g, ' ').trim());
+          return { text: parts.filter(Boolean).join(' · '), error: panel?.querySelector('[role=alert]')?.textContent ?? null };
+        }),
+      ),
+    );
+    if (backend.error) throw new InputError(`backend: ${backend.error.trim()}`);
+    console.log(`backend: ${backend.text}`);
+
+    console.log(`importing ${paths.baseModel}`);
+    await guard.step('handing the model files to Chromium', fileInput(page, 'lora-lab-headless-model', paths.modelFiles));
+    await guard.step('handing the data files to Chromium', fileInput(page, 'lora-lab-headless-train', [paths.trainData]));
+    if (paths.valData) await guard.step('handing the data files to Chromium', fileInput(page, 'lora-lab-headless-val', [paths.valData]));
+
+    const imported = await guard.step(
+      `importing ${basename(paths.baseModel)}`,
+      page.evaluate(async (name) => {
+        const files = [...document.getElementById('lora-lab-headless-model').files];
+        try {
+          const { modelId } = await window.loraLab.call('importModel', { name, files }, { onProgress: (p) => window.loraLabHeadlessProgress(p) });
+          return { ok: true, modelId };
+        } catch (e) {
+          return { ok: false, message: e.message, userError: e.detail?.userError ?? false };
+        }
+      }, basename(paths.baseModel)),
+    );
+    if (!imported.ok) throw imported.userError ? new InputError(imported.message) : new RunnerError(`importing the model: ${imported.message}`);
+
+    const training = guard.step(
+      'training',
+      page.evaluate(
+        async ({ modelId, configYaml, hasVal, haltAfterStep }) => {
+          const file = (id) => document.getElementById(id).files[0];
+          try {
+            const run = await window.loraLab.call(
+              'train',
+              { modelId, configYaml, trainData: file('lora-lab-headless-train'), valData: hasVal ? file('lora-lab-headless-val') : null, haltAfterStep },
+              { onEvent: (e) => window.loraLabHeadlessEvent(e), onProgress: (p) => window.loraLabHeadlessProgress(p) },
+            );
+            const { files } = await window.loraLab.call('exportRun', { runId: run.runId });
+            const b64 = (bytes) => {
+              let s = '';
+              for (let i = 0; i < bytes.length; i += 0x8000) s += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
+              return btoa(s);
+            };
+            return { ok: true, run, files: files.map((f) => ({ path: f.path, base64: b64(f.bytes) })) };
+          } catch (e) {
+            return { ok: false, message: e.message, userError: e.detail?.userError ?? false };
+          }
+        },
+        { modelId: imported.modelId, configYaml: paths.text, hasVal: paths.valData !== null, haltAfterStep: crashAtStep ?? undefined },
+      ),
+    );
+    let result;
+    const halt = crash ? await Promise.race([crash.halted, training.then(() => null)]) : null;
+    if (halt) {
+      training.catch(() => undefined); // it ends with the page, torn down on purpose
+      guard.closing();
+      ({ page, guard, result } = await resumeAfterCrash({ page, context, url, halt, modelId: imported.modelId, guard: (p) => guardPage({ page: p, context }), setUp }));
+    } else {
+      result = await training;
+      if (crash && result.ok) throw new InputError(`--crash-at-step ${crash.step}: the run ended after ${result.run?.steps ?? 'its'} steps, before that step`);
+    }
+    if (!result.ok) throw result.userError ? new InputError(result.message) : new RunnerError(`training: ${result.message}`);
+    try {
+      for (const f of result.files) {
+        const target = join(paths.outputDir, f.path);
+        mkdirSync(dirname(target), { recursive: true });
+        writeFileSync(target, Buffer.from(f.base64, 'base64'));
+      }
+    } catch (e) {
+      throw new RunnerError(`writing the run's files into ${paths.outputDir}: ${firstLine(e)}`);
+    }
+    console.log(`run ${result.run.reason} after ${result.run.steps} steps; wrote ${result.files.length} files to ${paths.outputDir}`);
+    const summary = result.files.find((f) => f.path === 'run_summary.json');
+    if (summary) console.log(summaryLine(JSON.parse(Buffer.from(summary.base64, 'base64').toString('utf8'))));
+  } finally {
+    await cleanUp();
+  }
+}
+
+/** run_summary.json in one line: what the run held and how fast it went. */
+function summaryLine(s) {
+  const mib = (b) => `${fmt(b / 2 ** 20, 4)} MiB`;
+  const heap = s.wasm_heap_bytes ? `, wasm memory ${mib(s.wasm_heap_bytes)}` : '';
+  const speed = s.tokens_per_second === null ? 'no step timed' : `median ${Math.round(s.tokens_per_second)} tok/s, ${fmt(s.step_seconds, 3)} s a step`;
+  return `summary: peak ${mib(s.peak_memory_bytes)} (base weights ${mib(s.base_weight_bytes)}${heap}) on ${s.backend}${s.adapter ? ` (${s.adapter})` : ''}; ${speed}; ${fmt(s.total_seconds, 3)} s in all`;
+}
+
+/** Ctrl-C closes Chromium and the server before exiting, with the one line every failure gets. */
+let interrupted = null;
+function onSignals(cleanUp) {
+  for (const signal of ['SIGINT', 'SIGTERM']) {
+    process.once(signal, () => {
+      // Set first: closing the browser makes the run's own wait fail, and that is not the news.
+      interrupted = signal;
+      void withTimeout(cleanUp(), 15_000).then(() => fail(new RunnerError(`stopped by ${signal}`), 130));
+    });
+  }
+}
+
+let failed = false;
+function fail(e, code) {
+  if (failed) return;
+  if (interrupted && code !== 130) return; // the signal handler says it once the browser is closed
+  failed = true;
+  const message = e instanceof InputError || e instanceof RunnerError ? e.message : firstLine(e);
+  process.stderr.write(`error: ${message.replace(/\s*\n\s*/g, ' ')}\n`);
+  process.exit(code ?? (e instanceof InputError ? 2 : 1));
+}
+
+// Nothing may escape as a stack trace, not even an error thrown where no one awaits it.
+process.on('uncaughtException', (e) => fail(e));
+process.on('unhandledRejection', (e) => fail(e));
+
 main().then(
-  () => process.exit(0),
-  (e) => {
-    console.error(e instanceof InputError ? `error: ${e.message}` : `error: ${e.stack ?? e}`);
-    process.exit(e instanceof InputError ? 2 : 1);
+  () => {
+    if (!interrupted) process.exit(0);
   },
+  (e) => fail(e),
 );

@@ -2,6 +2,8 @@ import type { DatasetFormat, RecordKind } from '../core/data/formats/types';
 import { UserError } from '../core/errors';
 import type { ByteSource } from '../core/safetensors/source';
 import type { LoraLabDb } from './db';
+import { lockName, platformLocks, type Locks } from './locks';
+import { isQuotaError } from './quota';
 
 /**
  * Datasets kept in IndexedDB: the file's raw bytes in slices (like model weights, so a large file is never
@@ -79,6 +81,8 @@ export interface StoreDatasetOptions {
   readonly freeBytes?: number;
   /** Slice size; tests make it tiny so that reads cross slice boundaries. */
   readonly chunkBytes?: number;
+  /** Where the import's lock is held while it writes (other tabs' sweeps skip it); defaults to platformLocks(). */
+  readonly locks?: Locks;
 }
 
 /**
@@ -104,6 +108,13 @@ export async function storeDataset(db: LoraLabDb, source: ByteSource, options: S
     metaJson: options.metaJson ?? null,
     summary: options.summary ?? null,
   };
+  const locks = options.locks ?? platformLocks();
+  return locks.hold(lockName.datasetImport(dataset.id), () => writeDataset(db, source, dataset, options));
+}
+
+/** storeDataset's writes, run while the import's lock is held. */
+async function writeDataset(db: LoraLabDb, source: ByteSource, dataset: StoredDataset, options: StoreDatasetOptions): Promise<StoredDataset> {
+  const { chunkBytes } = dataset;
   try {
     await db.put('datasets', dataset);
     options.onProgress?.(0, source.size);
@@ -118,7 +129,7 @@ export async function storeDataset(db: LoraLabDb, source: ByteSource, options: S
       await db.put('datasetChunks', { datasetId: dataset.id, index, bytes: ownedBuffer(bytes) });
       options.onProgress?.(end, source.size);
     }
-    // Another tab starting up sweeps records still marked 'importing'; if it did, slices are missing.
+    // A tab that cannot see this import's lock sweeps records still marked 'importing'; if one did, slices are missing.
     const tx = db.transaction('datasets', 'readwrite');
     const current = await tx.store.get(dataset.id);
     if (current?.status !== 'importing') {
@@ -158,11 +169,30 @@ export async function deleteDataset(db: LoraLabDb, id: string): Promise<void> {
   ]);
 }
 
-/** Removes imports that never finished (the tab closed or crashed half-way). */
-export async function sweepUnfinishedDatasets(db: LoraLabDb): Promise<number> {
+/**
+ * Removes imports that never finished (their tab closed or crashed half-way), leaving alone those a live tab still
+ * writes (their lock is held); the status is read again inside the lock, as in sweepUnfinishedImports.
+ */
+export async function sweepUnfinishedDatasets(db: LoraLabDb, locks: Locks): Promise<number> {
   const unfinished = (await db.getAll('datasets')).filter((d) => d.status === 'importing');
-  for (const d of unfinished) await deleteDataset(db, d.id);
-  return unfinished.length;
+  let removed = 0;
+  for (const d of unfinished) {
+    const swept = await locks.ifFree(lockName.datasetImport(d.id), () => deleteIfImporting(db, d.id));
+    if (swept.taken && swept.value) removed++;
+  }
+  return removed;
+}
+
+async function deleteIfImporting(db: LoraLabDb, id: string): Promise<boolean> {
+  const tx = db.transaction(['datasets', 'datasetChunks'], 'readwrite');
+  const record = await tx.objectStore('datasets').get(id);
+  const unfinished = record?.status === 'importing';
+  if (unfinished) {
+    await tx.objectStore('datasets').delete(id);
+    await tx.objectStore('datasetChunks').delete(IDBKeyRange.bound([id], [id, []]));
+  }
+  await tx.done;
+  return unfinished;
 }
 
 /**
@@ -206,10 +236,6 @@ export function storedDatasetSource(db: LoraLabDb, dataset: StoredDataset): Byte
 function storageFull(name: string, needed: number, free: number | undefined): UserError {
   const room = free === undefined ? '' : ` (about ${(Math.max(0, free) / 1e6).toFixed(0)} MB are free)`;
   return new UserError(name, `does not fit in this browser's storage: it needs ${(needed / 1e6).toFixed(1)} MB${room}.`, 'Delete datasets, runs or models you no longer need, then import it again.');
-}
-
-function isQuotaError(e: unknown): boolean {
-  return e instanceof DOMException && (e.name === 'QuotaExceededError' || e.name === 'NS_ERROR_DOM_QUOTA_REACHED');
 }
 
 /** An ArrayBuffer holding exactly these bytes (a view's buffer may be larger, or shared with other data). */

@@ -3,6 +3,7 @@ import type { RunConfig } from '../core/config';
 import type { Finding } from '../core/diagnose';
 import type { Dtype } from '../core/safetensors';
 import type { ImportedLog } from './imported-logs';
+import type { CheckpointChunk, StoredCheckpoint } from './checkpoints';
 import type { DatasetChunk, StoredDataset } from './datasets';
 
 /** A base model as the library lists it. Its weights live in the `tensors` store. */
@@ -41,7 +42,11 @@ export interface TensorChunk {
   readonly bytes: ArrayBuffer;
 }
 
-export type RunStatus = 'running' | 'paused' | 'completed' | 'stopped' | 'diverged' | 'failed';
+/**
+ * `interrupted`: stored as running or paused, but no live tab owns it any more (the tab was reloaded or closed,
+ * or its worker crashed); the start-up sweep sets it (runs.ts, markInterruptedRuns).
+ */
+export type RunStatus = 'running' | 'paused' | 'completed' | 'stopped' | 'diverged' | 'failed' | 'interrupted';
 
 /** One training run: its resolved config and where it stands. Curves, logs and files are stored beside it. */
 export interface StoredRun {
@@ -64,6 +69,29 @@ export interface StoredRun {
   readonly logFile: string | null;
   /** Why a failed run failed. */
   readonly error: string | null;
+  /** What the run trains on, kept so that a resume reads the same data. Absent on runs stored before resuming existed. */
+  readonly data?: RunData;
+  /** Each time the run was interrupted and resumed, oldest first (run_summary.json lists them). */
+  readonly interruptions?: readonly Interruption[];
+}
+
+/**
+ * A run's training and validation data: a dataset of the library by id, or a file picked for this run alone, kept
+ * as its bytes and name (IndexedDB stores a Blob; some implementations return a File as a bare Blob, without its
+ * name, and the name says the file's format).
+ */
+export type StoredDataRef = { readonly datasetId: string } | { readonly fileName: string; readonly blob: Blob };
+
+export interface RunData {
+  readonly train: StoredDataRef;
+  readonly val: StoredDataRef | null;
+}
+
+export interface Interruption {
+  /** The last step the interrupted run had stored. */
+  readonly at_step: number;
+  /** The step of the checkpoint it resumed from (0: no checkpoint yet, trained again from the start). */
+  readonly resumed_from_step: number;
 }
 
 /** One row of a run's curves (one per optimizer step; eval rows carry evalLoss). */
@@ -77,6 +105,8 @@ export interface MetricRow {
   readonly gradNorm: number | null;
   readonly tokensPerSecond: number | null;
   readonly evalLoss: number | null;
+  /** Updates skipped so far for a non-finite loss or gradient; on training rows only, absent on rows stored before it was counted. */
+  readonly skippedSteps?: number | null;
   /** Metrics added by custom callbacks, by name. */
   readonly custom: Readonly<Record<string, number>>;
 }
@@ -105,10 +135,12 @@ export interface LoraLabSchema extends DBSchema {
   importedLogs: { key: string; value: ImportedLog };
   datasets: { key: string; value: StoredDataset };
   datasetChunks: { key: [string, number]; value: DatasetChunk };
+  checkpoints: { key: [string, number]; value: StoredCheckpoint };
+  checkpointChunks: { key: [string, number, number]; value: CheckpointChunk };
 }
 
 export const DB_NAME = 'lora-lab';
-const DB_VERSION = 4;
+const DB_VERSION = 5;
 
 export type LoraLabDb = IDBPDatabase<LoraLabSchema>;
 
@@ -138,6 +170,11 @@ export function openDatabase(): Promise<LoraLabDb> {
         // Training datasets: a record per file and its raw bytes in slices (see datasets.ts).
         db.createObjectStore('datasets', { keyPath: 'id' });
         db.createObjectStore('datasetChunks', { keyPath: ['datasetId', 'index'] });
+      }
+      if (oldVersion < 5) {
+        // Training checkpoints for exact resume: a record per checkpoint and its bytes in slices (see checkpoints.ts).
+        db.createObjectStore('checkpoints', { keyPath: ['runId', 'step'] });
+        db.createObjectStore('checkpointChunks', { keyPath: ['runId', 'step', 'index'] });
       }
     },
     blocking() {

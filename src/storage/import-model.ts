@@ -2,9 +2,11 @@ import { UserError } from '../core/errors';
 import { parseModelConfigText } from '../core/models/config';
 import { canonicalTensorName, checkTensors, parameterCount } from '../core/models/manifest';
 import { loadTokenizer } from '../core/data/tokenizer';
-import { readHeader, type ByteSource, type TensorEntry } from '../core/safetensors';
+import { FiniteScan, readHeader, type ByteSource, type TensorEntry } from '../core/safetensors';
 import type { LoraLabDb, StoredModel, StoredTensorInfo } from './db';
+import { lockName, platformLocks, type Locks } from './locks';
 import { deleteModel } from './models';
+import { isQuotaError } from './quota';
 
 /** Tensors are stored in slices of at most this size, so no huge tensor is held twice in memory. */
 export const CHUNK_BYTES = 16 * 1024 * 1024;
@@ -22,6 +24,8 @@ export interface ImportOptions {
   readonly freeBytes?: number;
   /** Slice size in bytes; defaults to CHUNK_BYTES. Tests set it small to split every tensor into many slices. */
   readonly chunkBytes?: number;
+  /** Where the import's lock is held while it writes (other tabs' sweeps skip it); defaults to platformLocks(). */
+  readonly locks?: Locks;
 }
 
 interface PlannedTensor {
@@ -73,12 +77,22 @@ export async function importModel(db: LoraLabDb, files: readonly ByteSource[], o
     tensors: plan.map((t) => t.info),
   };
 
+  const locks = options.locks ?? platformLocks();
+  return locks.hold(lockName.modelImport(model.id), () => writeModel(db, model, plan, chunkBytes, options));
+}
+
+/** importModel's writes, run while the import's lock is held. */
+async function writeModel(db: LoraLabDb, model: StoredModel, plan: readonly PlannedTensor[], chunkBytes: number, options: ImportOptions): Promise<StoredModel> {
+  const totalBytes = model.sizeBytes;
   try {
     // Inside the try: a full disk can refuse even this first small record, and must read as "storage full" too.
     await db.put('models', model);
     let doneBytes = 0;
     options.onProgress?.({ doneBytes, totalBytes });
     for (const { source, entry, info } of plan) {
+      // Checked as the bytes pass, before each slice is stored: a NaN weight would import, then make every
+      // loss NaN and every run "diverge" at its first step, far from the file that caused it.
+      const finite = new FiniteScan(info.dtype);
       for (let index = 0; index < info.chunkCount; index++) {
         options.signal?.throwIfAborted();
         const begin = entry.begin + index * chunkBytes;
@@ -87,14 +101,23 @@ export async function importModel(db: LoraLabDb, files: readonly ByteSource[], o
         if (bytes.byteLength !== end - begin) {
           throw new UserError(source.name, `ended early while reading tensor ${entry.name}: the file is truncated.`);
         }
+        const bad = finite.push(bytes);
+        if (bad >= 0) {
+          throw new UserError(
+            source.name,
+            `holds a NaN or infinite value in tensor ${entry.name} (element ${bad} of ${info.shape.join('×')}). Nothing was kept.`,
+            'The checkpoint is damaged or was saved from a diverged run: use another one.',
+          );
+        }
         await db.put('tensors', { modelId: model.id, tensor: info.name, index, bytes: ownedBuffer(bytes) });
         doneBytes += bytes.byteLength;
         options.onProgress?.({ doneBytes, totalBytes });
       }
     }
     const ready: StoredModel = { ...model, status: 'ready' };
-    // Another tab starting up sweeps records still marked 'importing' (it takes them for a crash's
-    // leftovers); if that happened, some slices are gone and the model must not be marked ready.
+    // A tab that cannot see this import's lock (no Web Locks on the origin, or an older LoRA Lab) sweeps
+    // records still marked 'importing' as a crash's leftovers; if that happened, some slices are gone and the
+    // model must not be marked ready.
     const tx = db.transaction('models', 'readwrite');
     const current = await tx.store.get(model.id);
     if (current?.status !== 'importing') {
@@ -204,10 +227,6 @@ function baseName(path: string): string {
 function ownedBuffer(bytes: Uint8Array): ArrayBuffer {
   if (bytes.byteOffset === 0 && bytes.byteLength === bytes.buffer.byteLength && bytes.buffer instanceof ArrayBuffer) return bytes.buffer;
   return bytes.slice().buffer as ArrayBuffer;
-}
-
-function isQuotaError(e: unknown): boolean {
-  return e instanceof DOMException && e.name === 'QuotaExceededError';
 }
 
 function storageFull(needed: number, free: number | undefined): UserError {

@@ -1,4 +1,5 @@
 import type { LoraLabDb, StoredModel, StoredTensorInfo } from './db';
+import { lockName, type Locks } from './locks';
 
 /** Models ready to use, newest first. */
 export async function listModels(db: LoraLabDb): Promise<StoredModel[]> {
@@ -21,11 +22,31 @@ export async function deleteModel(db: LoraLabDb, id: string): Promise<void> {
   ]);
 }
 
-/** Removes imports that never finished (the tab closed or crashed half-way). */
-export async function sweepUnfinishedImports(db: LoraLabDb): Promise<number> {
+/**
+ * Removes imports that never finished (their tab closed or crashed half-way). An import whose lock is held is
+ * still being written by a live tab and is left alone; the status is read again inside the lock, since an
+ * import that finished between the listing and the lock is a model, not a leftover.
+ */
+export async function sweepUnfinishedImports(db: LoraLabDb, locks: Locks): Promise<number> {
   const unfinished = (await db.getAll('models')).filter((m) => m.status === 'importing');
-  for (const m of unfinished) await deleteModel(db, m.id);
-  return unfinished.length;
+  let removed = 0;
+  for (const m of unfinished) {
+    const swept = await locks.ifFree(lockName.modelImport(m.id), () => deleteIfImporting(db, m.id));
+    if (swept.taken && swept.value) removed++;
+  }
+  return removed;
+}
+
+async function deleteIfImporting(db: LoraLabDb, id: string): Promise<boolean> {
+  const tx = db.transaction(['models', 'tensors'], 'readwrite');
+  const record = await tx.objectStore('models').get(id);
+  const unfinished = record?.status === 'importing';
+  if (unfinished) {
+    await tx.objectStore('models').delete(id);
+    await tx.objectStore('tensors').delete(IDBKeyRange.bound([id], [id, []]));
+  }
+  await tx.done;
+  return unfinished;
 }
 
 /** A tensor's raw bytes (original dtype), reassembled from its chunks. */

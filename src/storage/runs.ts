@@ -1,4 +1,7 @@
-import type { LoraLabDb, MetricRow, RunArtifact, StoredRun } from './db';
+import { UserError } from '../core/errors';
+import type { LoraLabDb, MetricRow, RunArtifact, RunStatus, StoredRun } from './db';
+import { lockName, type Locks } from './locks';
+import { isQuotaError } from './quota';
 
 /** Whole-run key ranges: every key of a compound [runId, …] store that starts with runId. */
 const ofRun = (runId: string) => IDBKeyRange.bound([runId], [runId, []]);
@@ -11,38 +14,95 @@ export function getRun(db: LoraLabDb, id: string): Promise<StoredRun | undefined
   return db.get('runs', id);
 }
 
-export async function putRun(db: LoraLabDb, run: StoredRun): Promise<void> {
-  await db.put('runs', run);
+/**
+ * Every write below goes through here: a full disk becomes one message the person can act on, naming what could
+ * not be stored, instead of a bare DOMException whose name differs by browser.
+ */
+async function storing<T>(what: string, write: () => Promise<T>): Promise<T> {
+  try {
+    return await write();
+  } catch (e) {
+    if (isQuotaError(e)) {
+      throw new UserError('browser storage', `is full: the run's ${what} could not be stored.`, 'Delete models, datasets or runs you no longer need, then start the run again.');
+    }
+    throw e;
+  }
 }
 
-export async function updateRun(db: LoraLabDb, id: string, change: Partial<Omit<StoredRun, 'id'>>): Promise<StoredRun> {
-  const tx = db.transaction('runs', 'readwrite');
-  const run = await tx.store.get(id);
-  if (!run) throw new Error(`run ${id} is not stored`);
-  const updated: StoredRun = { ...run, ...change, updatedAt: Date.now() };
-  await tx.store.put(updated);
-  await tx.done;
-  return updated;
+export function putRun(db: LoraLabDb, run: StoredRun): Promise<void> {
+  return storing('record', async () => void (await db.put('runs', run)));
 }
 
-/** Deletes a run and everything it produced, in one transaction. */
+export function updateRun(db: LoraLabDb, id: string, change: Partial<Omit<StoredRun, 'id'>>): Promise<StoredRun> {
+  return storing('record', async () => {
+    const tx = db.transaction('runs', 'readwrite');
+    const run = await tx.store.get(id);
+    if (!run) throw new Error(`run ${id} is not stored`);
+    const updated: StoredRun = { ...run, ...change, updatedAt: Date.now() };
+    await tx.store.put(updated);
+    await tx.done;
+    return updated;
+  });
+}
+
+/** Statuses of a run that some tab is (or was, until it died) still writing. */
+const LIVE: ReadonlySet<RunStatus> = new Set(['running', 'paused']);
+
+/**
+ * Marks runs stored as running or paused as `interrupted` when no live tab owns them: their owner holds the run's
+ * lock while it trains, and a reloaded, closed or crashed tab has dropped it. Runs whose lock is held are another
+ * tab's live runs and are left alone. Returns how many were marked.
+ */
+export async function markInterruptedRuns(db: LoraLabDb, locks: Locks): Promise<number> {
+  const candidates = (await db.getAll('runs')).filter((r) => LIVE.has(r.status));
+  let marked = 0;
+  for (const run of candidates) {
+    const result = await locks.ifFree(lockName.run(run.id), async () => {
+      // Read again inside the lock: the run may have ended between the listing and the lock.
+      const tx = db.transaction('runs', 'readwrite');
+      const current = await tx.store.get(run.id);
+      const orphaned = current !== undefined && LIVE.has(current.status);
+      if (orphaned) await tx.store.put({ ...current, status: 'interrupted', updatedAt: Date.now() });
+      await tx.done;
+      return orphaned;
+    });
+    if (result.taken && result.value) marked++;
+  }
+  return marked;
+}
+
+/** A run on `modelId` that a live tab trains right now (its lock is held), if there is one. */
+export async function liveRunOnModel(db: LoraLabDb, modelId: string, locks: Locks): Promise<StoredRun | undefined> {
+  for (const run of await db.getAll('runs')) {
+    if (run.modelId !== modelId || !LIVE.has(run.status)) continue;
+    const probe = await locks.ifFree(lockName.run(run.id), async () => undefined);
+    if (!probe.taken) return run;
+  }
+  return undefined;
+}
+
+/** Deletes a run and everything it produced, its checkpoints included, in one transaction. */
 export async function deleteRun(db: LoraLabDb, id: string): Promise<void> {
-  const tx = db.transaction(['runs', 'metrics', 'logs', 'artifacts'], 'readwrite');
+  const tx = db.transaction(['runs', 'metrics', 'logs', 'artifacts', 'checkpoints', 'checkpointChunks'], 'readwrite');
   await Promise.all([
     tx.objectStore('runs').delete(id),
     tx.objectStore('metrics').delete(ofRun(id)),
     tx.objectStore('logs').delete(ofRun(id)),
     tx.objectStore('artifacts').delete(ofRun(id)),
+    tx.objectStore('checkpoints').delete(ofRun(id)),
+    tx.objectStore('checkpointChunks').delete(ofRun(id)),
     tx.done,
   ]);
 }
 
 /** Adds or completes a row (an eval result lands on the same step as its training row). */
-export async function putMetric(db: LoraLabDb, row: MetricRow): Promise<void> {
-  const tx = db.transaction('metrics', 'readwrite');
-  const existing = await tx.store.get([row.runId, row.step]);
-  await tx.store.put(existing ? mergeRows(existing, row) : row);
-  await tx.done;
+export function putMetric(db: LoraLabDb, row: MetricRow): Promise<void> {
+  return storing('curves', async () => {
+    const tx = db.transaction('metrics', 'readwrite');
+    const existing = await tx.store.get([row.runId, row.step]);
+    await tx.store.put(existing ? mergeRows(existing, row) : row);
+    await tx.done;
+  });
 }
 
 function mergeRows(a: MetricRow, b: MetricRow): MetricRow {
@@ -55,6 +115,7 @@ function mergeRows(a: MetricRow, b: MetricRow): MetricRow {
     gradNorm: b.gradNorm ?? a.gradNorm,
     tokensPerSecond: b.tokensPerSecond ?? a.tokensPerSecond,
     evalLoss: b.evalLoss ?? a.evalLoss,
+    skippedSteps: b.skippedSteps ?? a.skippedSteps,
     custom: { ...a.custom, ...b.custom },
   };
 }
@@ -66,11 +127,13 @@ export function readMetrics(db: LoraLabDb, runId: string): Promise<MetricRow[]> 
 /** Appends the bytes written to the event file since the last flush. */
 export async function appendLog(db: LoraLabDb, runId: string, bytes: Uint8Array): Promise<void> {
   if (bytes.byteLength === 0) return;
-  const tx = db.transaction('logs', 'readwrite');
-  const last = await tx.store.openCursor(ofRun(runId), 'prev');
-  const index = last ? last.value.index + 1 : 0;
-  await tx.store.put({ runId, index, bytes: bytes.slice().buffer });
-  await tx.done;
+  await storing('TensorBoard log', async () => {
+    const tx = db.transaction('logs', 'readwrite');
+    const last = await tx.store.openCursor(ofRun(runId), 'prev');
+    const index = last ? last.value.index + 1 : 0;
+    await tx.store.put({ runId, index, bytes: bytes.slice().buffer });
+    await tx.done;
+  });
 }
 
 /** The whole event file as flushed so far. */
@@ -87,7 +150,7 @@ export async function readLog(db: LoraLabDb, runId: string): Promise<Uint8Array>
 
 export async function putArtifact(db: LoraLabDb, runId: string, path: string, bytes: Uint8Array | string): Promise<void> {
   const data = typeof bytes === 'string' ? new TextEncoder().encode(bytes) : bytes.slice();
-  await db.put('artifacts', { runId, path, bytes: data.buffer });
+  await storing(`file ${path}`, async () => void (await db.put('artifacts', { runId, path, bytes: data.buffer })));
 }
 
 export function readArtifacts(db: LoraLabDb, runId: string): Promise<RunArtifact[]> {

@@ -1,5 +1,5 @@
 import { openDatabase } from '../storage/db';
-import { deleteModel, listModels } from '../storage/models';
+import { listModels } from '../storage/models';
 import type { StoredModel } from '../storage/db';
 import { WorkerClient } from '../worker/client';
 import type { BackendInfo, BackendPreference } from '../worker/protocol';
@@ -55,8 +55,9 @@ class Engine {
     else localStorage.removeItem(SELECTED_MODEL_KEY);
   }
 
+  /** Through the worker, which owns the loaded model: it refuses while a run trains on this one. */
   async deleteModel(id: string): Promise<void> {
-    await deleteModel(await openDatabase(), id);
+    await this.client.call('deleteModel', { modelId: id });
     await this.refreshModels();
   }
 

@@ -1,6 +1,8 @@
 import type { Finding } from '../core/diagnose';
-import { WorkerError } from '../worker/client';
-import type { ErrorDetail, Progress, Requests, RunControl, RunEvent } from '../worker/protocol';
+import { WorkerError, type CallOptions } from '../worker/client';
+import { openDatabase } from '../storage/db';
+import { readMetrics } from '../storage/runs';
+import type { ErrorDetail, Progress, Requests, RunControl, RunEvent, TrainResult } from '../worker/protocol';
 import { engine } from './engine.svelte';
 import { runs } from './runs.svelte';
 
@@ -25,9 +27,13 @@ const emptyCurves = (): Curves => ({ steps: [], loss: [], learningRate: [], grad
 class TrainingSession {
   status = $state<SessionStatus>('idle');
   runId = $state<string | null>(null);
+  /** The model this session trains; while busy, the worker refuses to unload or delete it (the UI disables those). */
+  modelId = $state<string | null>(null);
   totalSteps = $state(0);
   trainableParameters = $state(0);
   latest = $state<Extract<RunEvent, { kind: 'step' }> | null>(null);
+  /** Updates skipped for a non-finite loss or gradient; kept apart from `latest`, since a skip sends no step. */
+  skippedSteps = $state(0);
   findings = $state<Finding[]>([]);
   progress = $state<Progress | null>(null);
   error = $state<ErrorDetail | null>(null);
@@ -41,18 +47,32 @@ class TrainingSession {
     return this.status === 'preparing' || this.status === 'running' || this.status === 'paused' || this.status === 'stopping';
   }
 
-  async start(request: Requests['train']['payload']): Promise<void> {
+  start(request: Requests['train']['payload']): Promise<void> {
+    return this.session(request.modelId, (handlers) => engine.client.call('train', request, handlers));
+  }
+
+  /** Continues an interrupted run from its last checkpoint; the curves up to it come from storage. */
+  resume(runId: string, modelId: string): Promise<void> {
+    return this.session(modelId, (handlers) => engine.client.call('resumeRun', { runId, modelId }, handlers));
+  }
+
+  private async session(
+    modelId: string,
+    call: (handlers: CallOptions) => Promise<TrainResult>,
+  ): Promise<void> {
     if (this.busy) return;
     this.status = 'preparing';
     this.runId = null;
+    this.modelId = modelId;
     this.latest = null;
+    this.skippedSteps = 0;
     this.findings = [];
     this.error = null;
     this.endReason = null;
     this.curves = emptyCurves();
     this.version++;
     try {
-      const result = await engine.client.call('train', request, {
+      const result = await call({
         onProgress: (p) => (this.progress = p),
         onEvent: (e) => this.receive(e),
         onControl: (control) => (this.control = control),
@@ -68,6 +88,36 @@ class TrainingSession {
     }
   }
 
+  /**
+   * A resumed run's curves up to its checkpoint, read from storage (the worker has already removed the rows after
+   * it) and put before the points that arrived meanwhile, which are all later.
+   */
+  private async prefill(runId: string, fromStep: number): Promise<void> {
+    const rows = (await readMetrics(await openDatabase(), runId)).filter((r) => r.step <= fromStep);
+    if (this.runId !== runId) return;
+    const c = this.curves;
+    const train = rows.filter((r) => r.loss !== null);
+    c.steps.unshift(...train.map((r) => r.step));
+    c.loss.unshift(...train.map((r) => r.loss!));
+    c.learningRate.unshift(...train.map((r) => r.learningRate ?? Number.NaN));
+    c.gradNorm.unshift(...train.map((r) => r.gradNorm ?? Number.NaN));
+    c.tokensPerSecond.unshift(...train.map((r) => r.tokensPerSecond ?? Number.NaN));
+    const evals = rows.filter((r) => r.evalLoss !== null);
+    c.evalSteps.unshift(...evals.map((r) => r.step));
+    c.evalLoss.unshift(...evals.map((r) => r.evalLoss!));
+    for (const r of rows) {
+      for (const [name, value] of Object.entries(r.custom)) {
+        const series = c.custom.get(name) ?? { steps: [], values: [] };
+        const at = series.steps.findIndex((s) => s > r.step);
+        const i = at === -1 ? series.steps.length : at;
+        series.steps.splice(i, 0, r.step);
+        series.values.splice(i, 0, value);
+        c.custom.set(name, series);
+      }
+    }
+    this.version++;
+  }
+
   send(action: RunControl): void {
     this.control?.(action);
     if (action === 'stop') this.status = 'stopping';
@@ -81,10 +131,12 @@ class TrainingSession {
         this.runId = e.runId;
         this.totalSteps = e.totalSteps;
         this.trainableParameters = e.trainableParameters;
+        if (e.fromStep > 0) void this.prefill(e.runId, e.fromStep);
         void runs.refresh();
         break;
       case 'step': {
         this.latest = e;
+        this.skippedSteps = e.skippedSteps;
         const c = this.curves;
         c.steps.push(e.step);
         c.loss.push(e.loss);
@@ -94,6 +146,9 @@ class TrainingSession {
         this.version++;
         break;
       }
+      case 'skipped':
+        this.skippedSteps = e.skippedSteps;
+        break;
       case 'eval':
         this.curves.evalSteps.push(e.step);
         this.curves.evalLoss.push(e.loss);

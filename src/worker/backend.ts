@@ -5,6 +5,7 @@ import wasmPlain from '@tensorflow/tfjs-backend-wasm/dist/tfjs-backend-wasm.wasm
 import wasmSimd from '@tensorflow/tfjs-backend-wasm/dist/tfjs-backend-wasm-simd.wasm?url';
 import wasmThreadedSimd from '@tensorflow/tfjs-backend-wasm/dist/tfjs-backend-wasm-threaded-simd.wasm?url';
 import { UserError } from '../core/errors';
+import { registerWasmSharedIdentity } from '../core/kernels/wasm_identity';
 import { registerWasmPlainMatMul } from '../core/kernels/wasm_matmul';
 import type { AdapterSummary, BackendInfo, BackendPreference } from './protocol';
 
@@ -17,6 +18,8 @@ setWasmPaths({
 // The threaded build hangs in a Vite bundle (see shared notes); single-threaded SIMD is what runs.
 tf.env().set('WASM_HAS_MULTITHREAD_SUPPORT', false);
 registerWasmPlainMatMul();
+// Without it every weight saved for a backward pass is copied: see wasm_identity.ts.
+registerWasmSharedIdentity();
 
 /**
  * Picks the backend: WebGPU when a real (non-fallback) GPU adapter exists, else wasm — a software
@@ -37,13 +40,38 @@ export async function selectBackend(preference: BackendPreference): Promise<Back
   return activate('webgpu', adapter, 'A WebGPU adapter was found.');
 }
 
+let active: BackendInfo | null = null;
+
 async function activate(name: 'webgpu' | 'wasm', adapter: AdapterSummary | null, reason: string): Promise<BackendInfo> {
   const ok = await tf.setBackend(name);
   await tf.ready();
   if (!ok || tf.getBackend() !== name) {
     throw new Error(`The ${name} backend failed to start (tfjs is on "${tf.getBackend()}").`);
   }
-  return { name, reason, adapter };
+  active = { name, reason, adapter };
+  return active;
+}
+
+/**
+ * The GPU a run computes on, in words (the adapter's description, or its vendor and architecture
+ * where the browser leaves the description empty); null on wasm, where no GPU is used even if one
+ * was found.
+ */
+export function adapterDescription(): string | null {
+  if (active?.name !== 'webgpu' || !active.adapter) return null;
+  const { description, vendor, architecture } = active.adapter;
+  return description || [vendor, architecture].filter(Boolean).join(' ') || null;
+}
+
+/**
+ * Bytes of WebAssembly memory the wasm backend has grown to, or null on another backend. Wasm memory
+ * never shrinks, so read at the end of a run this is the most the run needed. The emscripten module
+ * is tfjs's own (`backend.wasm`), whose HEAPU8 is replaced by a view of the new buffer on every growth.
+ */
+export function wasmHeapBytes(): number | null {
+  if (tf.getBackend() !== 'wasm') return null;
+  const heap = (tf.backend() as unknown as { wasm?: { HEAPU8?: Uint8Array } }).wasm?.HEAPU8;
+  return heap ? heap.buffer.byteLength : null;
 }
 
 async function probeAdapter(): Promise<AdapterSummary | null> {

@@ -1,3 +1,4 @@
+import * as tf from '@tensorflow/tfjs';
 import { parseRunConfigYaml, resolveTargetModules, unwrapRunConfig } from '../core/config';
 import { chatSettingsFromConfig, datasetStats, detectFormat, readDataset, type DatasetStats, type ReadDatasetOptions, type TokenizedDataset } from '../core/data/dataset';
 import type { DatasetFormat, RecordKind } from '../core/data/formats/types';
@@ -11,8 +12,10 @@ import { parseModelConfigText, type ModelConfig } from '../core/models/config';
 import type { Linear } from '../core/models/linear';
 import { expectedTensors } from '../core/models/manifest';
 import type { CausalLM } from '../core/models/model';
+import type { Dtype } from '../core/safetensors/dtype';
 import { blobSource, type ByteSource } from '../core/safetensors/source';
-import { estimateRun, type RunEstimate } from '../core/train/estimate';
+import { estimateRun, WASM_MEMORY_LIMIT_BYTES, type RunEstimate } from '../core/train/estimate';
+import { placementFor } from '../core/weights/hold';
 import type { LoraLabDb, StoredModel } from '../storage/db';
 import { checkDatasetSize, getDataset, storeDataset, storedDatasetSource, type StoredDataset } from '../storage/datasets';
 import { getModel } from '../storage/models';
@@ -259,7 +262,10 @@ export async function estimateStoredRun(db: LoraLabDb, request: EstimateRequest,
     limits: request.limits,
     // The run will train on this worker's backend: on webgpu its ops take the fused kernels.
     fusedKernels: fusedKernelBackend() !== null,
+    gradientCheckpointing: config.gradient_checkpointing,
+    weights: { storedDtype: storedMatrixDtype(stored), placement: placementFor(config.base_quantization) },
     deviceMemoryBytes: request.deviceMemoryBytes,
+    wasmMemoryLimitBytes: tf.getBackend() === 'wasm' ? WASM_MEMORY_LIMIT_BYTES : null,
     tokensPerSecond: request.tokensPerSecond,
   });
   return { estimate, trainTokens };
@@ -280,6 +286,12 @@ export async function readRunData(db: LoraLabDb, ref: DatasetRef, stored: Stored
 }
 
 // ─── Helpers ──────────────────────────────────────────────────────────────────────────────────────
+
+/** The dtype a checkpoint stores its matrices in (that of its largest tensor: checkpoints rarely mix). */
+function storedMatrixDtype(stored: StoredModel): Dtype {
+  const largest = stored.tensors.reduce((a, b) => (b.byteLength > a.byteLength ? b : a));
+  return largest.dtype;
+}
 
 /**
  * The model's projections as resolveTargets sees them (path, in and out features), from its config alone, in

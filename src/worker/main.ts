@@ -1,29 +1,41 @@
 /// <reference lib="webworker" />
+import { baseWeightBytes } from '../core/train/device-memory';
 import * as tf from '@tensorflow/tfjs';
-import { isUserError } from '../core/errors';
+import { isUserError, UserError } from '../core/errors';
 import { generate, nextTokenDistribution } from '../core/models/generate';
 import { blobSource } from '../core/safetensors';
 import { sweepUnfinishedDatasets } from '../storage/datasets';
 import { openDatabase } from '../storage/db';
 import { importModel } from '../storage/import-model';
-import { sweepUnfinishedImports } from '../storage/models';
+import { platformLocks } from '../storage/locks';
+import { deleteModel, sweepUnfinishedImports } from '../storage/models';
+import { getRun, liveRunOnModel, markInterruptedRuns } from '../storage/runs';
 import { selectBackend } from './backend';
 import { estimateStoredRun, importDatasetFile, previewStoredDataset } from './datasets';
-import { useModel } from './loaded-model';
+import { ModelSlot } from './loaded-model';
 import type { ErrorDetail, Request, RequestName, Requests, Response, RunControl, ToWorker } from './protocol';
+import { resumeRequestOf } from './resume';
 import { exportRunFiles, trainLora, type RunContext } from './training-run';
 
 declare const self: DedicatedWorkerGlobalScope;
 
 type Context = RunContext;
 
+/** Origin-wide Web Locks: what tells this tab's start-up sweep which records another live tab is still writing. */
+const locks = platformLocks();
+/** The one model on the backend; a training run pins it (see ModelSlot). */
+const models = new ModelSlot();
+
 type Handler<K extends RequestName> = (payload: Requests[K]['payload'], ctx: Context) => Promise<Requests[K]['result']>;
 
 const handlers: { [K in RequestName]: Handler<K> } = {
   async init({ backend }) {
     const info = await selectBackend(backend);
-    await sweepUnfinishedImports(await openDatabase());
-    await sweepUnfinishedDatasets(await openDatabase());
+    // What a closed, reloaded or crashed tab left behind; records a live tab still writes hold a lock and are skipped.
+    const db = await openDatabase();
+    await sweepUnfinishedImports(db, locks);
+    await sweepUnfinishedDatasets(db, locks);
+    await markInterruptedRuns(db, locks);
     return info;
   },
 
@@ -34,6 +46,7 @@ const handlers: { [K in RequestName]: Handler<K> } = {
     const model = await importModel(db, files.map((f) => blobSource(f, f.webkitRelativePath || f.name)), {
       name,
       freeBytes,
+      locks,
       signal: ctx.signal,
       onProgress: ({ doneBytes, totalBytes }) => ctx.progress({ phase: 'Storing weights', done: doneBytes, total: totalBytes, unit: 'bytes' }),
     });
@@ -55,11 +68,43 @@ const handlers: { [K in RequestName]: Handler<K> } = {
     const logits = tf.tidy(() => model.forward(tf.tensor2d(tokens, [1, tokens.length], 'int32')));
     const values = (await logits.data()) as Float32Array;
     logits.dispose();
-    return { logits: values, vocabSize: model.config.vocabSize };
+    return { logits: values, vocabSize: model.config.vocabSize, weightBytes: baseWeightBytes(model) };
   },
 
   async train(payload, ctx) {
-    return trainLora(await openDatabase(), payload, ctx);
+    // Before the first await: of two train messages, the second finds the slot pinned and is refused.
+    const pin = models.pin(payload.modelId);
+    try {
+      return await trainLora(await openDatabase(), payload, ctx, { pin, locks });
+    } finally {
+      pin.release();
+    }
+  },
+
+  async resumeRun({ runId, modelId }, ctx) {
+    // Pinned before the first await, as for train: a second run is refused, not raced.
+    const pin = models.pin(modelId);
+    try {
+      const db = await openDatabase();
+      const run = await getRun(db, runId);
+      if (!run) throw new UserError('run', 'is not stored any more.');
+      if (run.modelId !== modelId) throw new Error(`resumeRun: run ${runId} trains model ${run.modelId}, not ${modelId}`);
+      return await trainLora(db, resumeRequestOf(run), ctx, { pin, locks }, run);
+    } finally {
+      pin.release();
+    }
+  },
+
+  async deleteModel({ modelId }) {
+    await models.evict(modelId);
+    const db = await openDatabase();
+    // A run in another tab holds its run's lock; this tab's own run was refused by evict() with a plainer message.
+    const live = await liveRunOnModel(db, modelId, locks);
+    if (live) {
+      throw new UserError('model', `cannot be deleted while the run "${live.name}" trains on it in another tab.`, 'Stop that run, or wait for it to end, then delete the model.');
+    }
+    await deleteModel(db, modelId);
+    return { modelId };
   },
 
   async exportRun({ runId }) {
@@ -81,7 +126,7 @@ const handlers: { [K in RequestName]: Handler<K> } = {
 
 function loadModel(modelId: string, ctx: Context) {
   return openDatabase().then((db) =>
-    useModel(db, modelId, (done, total) => ctx.progress({ phase: 'Loading weights', done, total, unit: 'bytes' })),
+    models.use(db, modelId, (done, total) => ctx.progress({ phase: 'Loading weights', done, total, unit: 'bytes' })),
   );
 }
 

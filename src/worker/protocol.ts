@@ -36,13 +36,18 @@ export type RunControl = 'pause' | 'resume' | 'stop';
 
 /** What a training run reports while it runs (besides `progress` for loading and tokenizing). */
 export type RunEvent =
-  | { kind: 'started'; runId: string; totalSteps: number; trainTokens: number; evalTokens: number; trainableParameters: number }
-  | { kind: 'step'; step: number; epoch: number; loss: number; learningRate: number; gradNorm: number; tokensPerSecond: number; secondsLeft: number }
+  /** fromStep: 0 for a new run; for a resumed one, its checkpoint's step (the steps up to it are stored already). */
+  | { kind: 'started'; runId: string; totalSteps: number; trainTokens: number; evalTokens: number; trainableParameters: number; fromStep: number }
+  | { kind: 'step'; step: number; epoch: number; loss: number; learningRate: number; gradNorm: number; tokensPerSecond: number; secondsLeft: number; skippedSteps: number }
+  /** An update was skipped because a loss or gradient was not finite (see the trainer's SkippedUpdate). */
+  | { kind: 'skipped'; step: number; skippedSteps: number; problem: string }
   | { kind: 'metric'; step: number; name: string; value: number }
   | { kind: 'eval'; step: number; loss: number }
   | { kind: 'diagnosis'; findings: Finding[] }
   | { kind: 'paused' }
-  | { kind: 'resumed' };
+  | { kind: 'resumed' }
+  /** Only with `haltAfterStep`: step N is done and stored, and the worker has stopped dead (see halt.ts). */
+  | { kind: 'halted'; step: number };
 
 export interface ExportedFile {
   /** Path inside the run's output folder, e.g. `adapter_model.safetensors` or `logs/events.out.tfevents…`. */
@@ -59,16 +64,39 @@ export interface Requests {
     payload: { modelId: string; prompt: string; topK: number; maxNewTokens: number; temperature: number; seed: number };
     result: { promptTokens: number; next: TokenProbability[]; continuation: string };
   };
+  /**
+   * Deletes a model from the library, freeing its weights if they are loaded. Refused while a run (in this tab or
+   * another) trains on it.
+   */
+  deleteModel: { payload: { modelId: string }; result: { modelId: string } };
   /** Raw logits for given token ids (the Playground's numbers, and parity checks against references). */
-  logits: { payload: { modelId: string; tokens: number[] }; result: { logits: Float32Array; vocabSize: number } };
+  logits: {
+    payload: { modelId: string; tokens: number[] };
+    /** weightBytes: what the model's weights hold on the backend (packed or quantized weights hold less). */
+    result: { logits: Float32Array; vocabSize: number; weightBytes: number };
+  };
   /**
    * Trains a LoRA adapter; streams RunEvents; ends when the run ends (completed, stopped, diverged).
    * The config is YAML text (the app's one config format); data (stored datasets or files) is read by the worker.
+   * One run at a time: a second `train` while one is active is refused (an error, not a queue), and until the run
+   * ends, requests that would unload its model (predict/logits on another model, deleteModel of it) are refused.
    */
   train: {
-    payload: { modelId: string; configYaml: string; trainData: DatasetRef; valData: DatasetRef | null };
-    result: { runId: string; reason: 'completed' | 'stopped' | 'diverged' | 'early_stopped'; steps: number };
+    payload: {
+      modelId: string;
+      configYaml: string;
+      trainData: DatasetRef;
+      valData: DatasetRef | null;
+      /** Automation only (the headless runner's --crash-at-step): stop the worker dead right after this step. */
+      haltAfterStep?: number;
+    };
+    result: TrainResult;
   };
+  /**
+   * Continues an interrupted run (same record, same data) from its latest checkpoint, as `train` does a new one:
+   * the same events, the same one-run rule. `modelId` is the run's model, pinned before anything is read.
+   */
+  resumeRun: { payload: { runId: string; modelId: string }; result: TrainResult };
   /** Every file of a run's output folder (adapter, logs, config.yaml, metrics.csv, diagnosis.json). */
   exportRun: { payload: { runId: string }; result: { files: ExportedFile[] } };
   /** Checks a dataset file with the model's tokenizer, then stores it (nothing is stored when the check fails). */
@@ -77,6 +105,12 @@ export interface Requests {
   previewDataset: { payload: { modelId: string; datasetId: string; seqLen: number; count: number }; result: DatasetPreview };
   /** Memory, steps and warnings for a config and the chosen data, before anything is loaded. */
   estimateRun: { payload: EstimateRequest; result: EstimateResult };
+}
+
+export interface TrainResult {
+  readonly runId: string;
+  readonly reason: 'completed' | 'stopped' | 'diverged' | 'early_stopped';
+  readonly steps: number;
 }
 
 export type RequestName = keyof Requests;

@@ -1,4 +1,5 @@
 import * as tf from '@tensorflow/tfjs';
+import { placementFor } from '../core/weights/hold';
 import { loraSettingsOf, parseRunConfigYaml, trainerOptionsOf, runConfigToYaml, runName, unwrapRunConfig, type RunConfig } from '../core/config';
 import { evalWindows, packStream, splitValidation, trainWindows, type TokenizedDoc } from '../core/data/packing';
 import { diagnosisCallbacks } from '../core/diagnose/callbacks';
@@ -6,17 +7,26 @@ import type { Finding } from '../core/diagnose';
 import { UserError } from '../core/errors';
 import { exportPeftAdapter } from '../core/export';
 import { diagnosisJson, metricsCsv } from '../core/export/run-files';
+import { runSummaryJson, type RunSummary } from '../core/export/run-summary';
 import { EventFileWriter } from '../core/logging';
+import { sessionStartEvent } from '../core/logging/session-log';
 import { tensorBoardCallbacks } from '../core/logging/tensorboard-callbacks';
 import { LoraAdapter } from '../core/lora';
 import { generate } from '../core/models/generate';
-import { composeCallbacks, customMetricCallbacks, loraEvalLossFn, loraLossFn, PERPLEXITY, Trainer, type CustomMetric, type TrainerCallbacks } from '../core/train';
-import type { LoraLabDb, StoredModel, StoredRun } from '../storage/db';
+import { checkResumable, composeCallbacks, customMetricCallbacks, loraEvalLossFn, loraLossFn, PERPLEXITY, Trainer, type CustomMetric, type LossFn, type TrainerCallbacks } from '../core/train';
+import { latestCheckpoint, saveCheckpoint } from '../storage/checkpoints';
+import type { Interruption, LoraLabDb, StoredModel, StoredRun } from '../storage/db';
+import { lockName, type Locks } from '../storage/locks';
 import { getModel } from '../storage/models';
 import { appendLog, putArtifact, putMetric, putRun, readArtifacts, readLog, readMetrics, getRun, updateRun } from '../storage/runs';
+import { rewindRun } from '../storage/resume';
 import { readRunData, type DatasetRef } from './datasets';
-import { useModel } from './loaded-model';
+import type { LoadedModel, ModelPin } from './loaded-model';
 import type { ExportedFile, Progress, RunControl, RunEvent } from './protocol';
+import { haltingAfter } from './halt';
+import { continuingWriter, diagnosisHistoryOf, storedDataOf } from './resume';
+import { measureRun } from './run-measure';
+import { checkWasmFits, runFailure } from './wasm-memory';
 
 export interface RunContext {
   readonly signal: AbortSignal;
@@ -31,6 +41,16 @@ export interface TrainRequest {
   readonly configYaml: string;
   readonly trainData: DatasetRef;
   readonly valData: DatasetRef | null;
+  /** See the `train` request: the headless runner's --crash-at-step. */
+  readonly haltAfterStep?: number;
+}
+
+/** What makes this worker the run's one owner: the pinned model slot, and the locks other tabs' sweeps respect. */
+export interface RunOwner {
+  /** The slot pinned to the request's model for the length of the run (see ModelSlot). */
+  readonly pin: ModelPin;
+  /** The run's lock is held while it trains, so a start-up sweep elsewhere does not mark it interrupted. */
+  readonly locks: Locks;
 }
 
 /** Host name in event file names, as TensorBoard shows it in its run list. */
@@ -41,14 +61,18 @@ const LOG_HOST = 'lora-lab';
  * adapter, trains with the built-in callbacks (curves into IndexedDB, TensorBoard log, diagnosis,
  * checkpoints), and stores the run's output folder.
  */
-export async function trainLora(db: LoraLabDb, request: TrainRequest, ctx: RunContext) {
+export async function trainLora(db: LoraLabDb, request: TrainRequest, ctx: RunContext, owner: RunOwner, resumeOf?: StoredRun) {
+  if (owner.pin.modelId !== request.modelId) throw new Error(`trainLora: the slot is pinned to ${owner.pin.modelId}, not ${request.modelId}`);
   const { config } = unwrapRunConfig(parseRunConfigYaml(request.configYaml, 'config.yaml'));
   if (config.backend !== 'auto' && config.backend !== tf.getBackend()) {
     throw new UserError('backend', `is ${config.backend} in the config, but the engine runs on ${tf.getBackend()}.`, `Switch the Backend setting to ${config.backend}, or set backend: auto.`);
   }
   const stored = await getModel(db, request.modelId);
   if (!stored) throw new UserError('base_model', 'is not in the model library any more.', 'Import the model again.');
-  const { model, tokenizer } = await useModel(db, request.modelId, (done, total) => ctx.progress({ phase: 'Loading weights', done, total, unit: 'bytes' }));
+  // Before any weight is loaded: past wasm's memory ceiling its module aborts, and the backend with it.
+  if (tf.getBackend() === 'wasm') checkWasmFits(stored, config);
+  const placement = placementFor(config.base_quantization);
+  const { model, tokenizer } = await owner.pin.load(db, placement, (done, total) => ctx.progress({ phase: 'Loading weights', done, total, unit: 'bytes' }));
 
   // Checked before the data is read: tokenizing a large file first would waste the person's time.
   if (config.seq_len > model.config.maxPositions) {
@@ -67,7 +91,13 @@ export async function trainLora(db: LoraLabDb, request: TrainRequest, ctx: RunCo
 
   const adapter = LoraAdapter.create(model, loraSettingsOf(config, model.config.arch), config.seed);
   try {
-    return await runTrainer(db, { config, stored, model, tokenizer, adapter, train, evalSet }, ctx);
+    // A resumed run keeps its record (and id); its checkpoint's values replace the adapter's initial ones.
+    const runId = resumeOf?.id ?? crypto.randomUUID();
+    const data = storedDataOf(request.trainData, request.valData);
+    // Held from before the run is stored as running until its final status is written (or the tab dies).
+    return await owner.locks.hold(lockName.run(runId), () =>
+      runTrainer(db, runId, { config, stored, model, tokenizer, adapter, train, evalSet, data, resuming: resumeOf !== undefined, haltAfterStep: request.haltAfterStep }, ctx),
+    );
   } finally {
     adapter.dispose();
   }
@@ -76,28 +106,38 @@ export async function trainLora(db: LoraLabDb, request: TrainRequest, ctx: RunCo
 type Prepared = {
   config: RunConfig;
   stored: StoredModel;
-  model: Awaited<ReturnType<typeof useModel>>['model'];
-  tokenizer: Awaited<ReturnType<typeof useModel>>['tokenizer'];
+  model: LoadedModel['model'];
+  tokenizer: LoadedModel['tokenizer'];
   adapter: LoraAdapter;
   train: ReturnType<typeof trainWindows>;
   evalSet: ReturnType<typeof evalWindows>;
+  data: NonNullable<StoredRun['data']>;
+  /** Continue the stored, interrupted run from its latest checkpoint (or from step 0 when it has none). */
+  resuming: boolean;
+  haltAfterStep: number | undefined;
 };
 
-async function runTrainer(db: LoraLabDb, p: Prepared, ctx: RunContext) {
+async function runTrainer(db: LoraLabDb, runId: string, p: Prepared, ctx: RunContext) {
   const { config, stored, model, tokenizer, adapter } = p;
-  const runId = crypto.randomUUID();
   const hasEval = p.evalSet.count > 0;
 
+  // Memory and step times for run_summary.json, from here (the model loaded) to the end of training.
+  const measure = measureRun(model);
+  const resumed = p.resuming ? await latestCheckpoint(db, runId) : null;
+  const from = resumed?.checkpoint ?? null;
   // Callbacks that need the trainer's plan are built after it; the trainer reads them late.
   let callbacks: TrainerCallbacks = {};
   const trainer = new Trainer({
     variables: adapter.variables(),
-    lossFn: loraLossFn(model, adapter, config.seed),
+    lossFn: halting(p.haltAfterStep, ctx, measure.lossFn(loraLossFn(model, adapter, config.seed, { gradientCheckpointing: config.gradient_checkpointing }))),
     train: p.train,
     eval: hasEval ? { windows: p.evalSet, lossFn: loraEvalLossFn(model, adapter) } : null,
     options: trainerOptionsOf(config),
+    resumeFrom: from,
     callbacks: {
+      onCheckpoint: (c, reason) => callbacks.onCheckpoint?.(c, reason),
       onStepEnd: (m) => callbacks.onStepEnd?.(m),
+      onSkip: (s) => callbacks.onSkip?.(s),
       onLog: (m) => callbacks.onLog?.(m),
       onEval: (e) => callbacks.onEval?.(e),
       onSave: (s) => callbacks.onSave?.(s),
@@ -105,7 +145,7 @@ async function runTrainer(db: LoraLabDb, p: Prepared, ctx: RunContext) {
     },
   });
 
-  const logFile = config.log_steps > 0 ? EventFileWriter.fileName(Math.floor(Date.now() / 1000), LOG_HOST, 0) : null;
+  const newLogFile = config.log_steps > 0 ? EventFileWriter.fileName(Math.floor(Date.now() / 1000), LOG_HOST, 0) : null;
   const run: StoredRun = {
     id: runId,
     name: runName(config),
@@ -120,131 +160,173 @@ async function runTrainer(db: LoraLabDb, p: Prepared, ctx: RunContext) {
     totalSteps: trainer.totalSteps,
     bestEvalLoss: null,
     findings: [],
-    logFile,
+    logFile: newLogFile,
     error: null,
+    data: p.data,
   };
-  await putRun(db, run);
-  ctx.event({
-    kind: 'started',
-    runId,
-    totalSteps: trainer.totalSteps,
-    trainTokens: p.train.count * config.seq_len,
-    evalTokens: p.evalSet.count * config.seq_len,
-    trainableParameters: adapter.parameterCount(),
-  });
+  let logFile = newLogFile;
+  let interruptions: readonly Interruption[] = [];
+  if (p.resuming) {
+    // Refused here, before anything is undone, when the checkpoint is not this run's any more (the data changed).
+    if (from) checkResumable(from, trainer.plan, adapter.variables());
+    const point = { step: from?.step ?? 0, logChunks: resumed?.record.logChunks ?? 0, bestEvalLoss: from?.bestEval?.loss ?? null };
+    ({ logFile, interruptions = [] } = await rewindRun(db, runId, point));
+  } else await putRun(db, run);
+  // From here on the run is stored as running: whatever fails (training, a callback, the export, a storage
+  // write on a full disk) marks it failed with the message before the error goes on, never leaving it running.
+  try {
+    ctx.event({
+      kind: 'started',
+      runId,
+      totalSteps: trainer.totalSteps,
+      trainTokens: p.train.count * config.seq_len,
+      evalTokens: p.evalSet.count * config.seq_len,
+      trainableParameters: adapter.parameterCount(),
+      fromStep: from?.step ?? 0,
+    });
 
-  // Built-in callbacks, each one concern; a custom metric would be one more set in this list.
-  const sets: TrainerCallbacks[] = [];
-  let bestEvalLoss: number | null = null;
-  let evalsWithoutImprovement = 0;
+    // Built-in callbacks, each one concern; a custom metric would be one more set in this list.
+    const sets: TrainerCallbacks[] = [measure.callbacks];
+    // Early stopping goes on counting from the checkpoint.
+    let bestEvalLoss: number | null = from?.bestEval?.loss ?? null;
+    let evalsWithoutImprovement = from?.bestEval?.evalsSince ?? 0;
 
-  sets.push({
-    async onStepEnd(m) {
-      ctx.event({ kind: 'step', ...m });
-      await putMetric(db, { runId, step: m.step, epoch: m.epoch, loss: m.loss, learningRate: m.learningRate, gradNorm: m.gradNorm, tokensPerSecond: m.tokensPerSecond, evalLoss: null, custom: {} });
-      if (m.step % 10 === 0 || m.step === trainer.totalSteps) await updateRun(db, runId, { step: m.step });
-    },
-    async onEval(e) {
-      ctx.event({ kind: 'eval', step: e.step, loss: e.loss });
-      await putMetric(db, { runId, step: e.step, epoch: null, loss: null, learningRate: null, gradNorm: null, tokensPerSecond: null, evalLoss: e.loss, custom: {} });
-      const improved = bestEvalLoss === null || e.loss < bestEvalLoss;
-      if (improved) bestEvalLoss = e.loss;
-      evalsWithoutImprovement = improved ? 0 : evalsWithoutImprovement + 1;
-      await updateRun(db, runId, { bestEvalLoss });
-      if (config.early_stopping_patience > 0 && evalsWithoutImprovement >= config.early_stopping_patience) return { stop: 'early_stopped' };
-    },
-  });
-
-  let logger: ReturnType<typeof tensorBoardCallbacks> | null = null;
-  if (logFile) {
-    const writer = new EventFileWriter();
-    const wallTime = Date.now() / 1000;
-    writer.writeFileVersion(wallTime);
-    writer.addText('config', runConfigToYaml(config), 0, wallTime);
-    await appendLog(db, runId, writer.takePending());
-    logger = tensorBoardCallbacks({ writer, flush: (bytes) => appendLog(db, runId, bytes), adapter: { matrices: () => adapterMatrices(adapter) } });
-    sets.push(logger);
-  }
-
-  // Custom metrics: computed at each log step, plotted live, stored with the curves, logged to TensorBoard.
-  const customMetrics: readonly CustomMetric[] = [PERPLEXITY];
-  sets.push(
-    customMetricCallbacks(customMetrics, async ({ step, name, value }) => {
-      ctx.event({ kind: 'metric', step, name, value });
-      await putMetric(db, { runId, step, epoch: null, loss: null, learningRate: null, gradNorm: null, tokensPerSecond: null, evalLoss: null, custom: { [name]: value } });
-      await logger?.addScalar(name, value, step);
-    }),
-  );
-
-  const diagnosis = diagnosisCallbacks({
-    totalSteps: trainer.totalSteps,
-    logEveryStep: config.log_steps === 0,
-    async onFindings(findings) {
-      ctx.event({ kind: 'diagnosis', findings });
-      await updateRun(db, runId, { findings });
-      const last = diagnosis.history().trainLoss.at(-1)?.step ?? 0;
-      await logger?.addText('diagnosis', findingsText(findings), last);
-    },
-  });
-  sets.push(diagnosis);
-
-  if (config.sample_steps > 0 && config.sample_prompts.length > 0 && logger) {
-    const samples = logger;
     sets.push({
       async onStepEnd(m) {
-        if (m.step % config.sample_steps !== 0) return;
-        for (const [i, prompt] of config.sample_prompts.entries()) {
-          const ids = tokenizer.encode(prompt);
-          const out = await generate(model, ids, { maxNewTokens: 48, temperature: 0, seed: config.seed, forward: { linear: adapter.apply({ training: false }) } });
-          await samples.addText(`samples/${i}`, prompt + tokenizer.decode(out), m.step);
-        }
+        ctx.event({ kind: 'step', ...m });
+        await putMetric(db, { runId, step: m.step, epoch: m.epoch, loss: m.loss, learningRate: m.learningRate, gradNorm: m.gradNorm, tokensPerSecond: m.tokensPerSecond, skippedSteps: m.skippedSteps, evalLoss: null, custom: {} });
+        if (m.step % 10 === 0 || m.step === trainer.totalSteps) await updateRun(db, runId, { step: m.step });
+      },
+      // No row for a skipped update (nothing was applied); the UI shows the count, the next row carries it.
+      onSkip(s) {
+        ctx.event({ kind: 'skipped', step: s.step, skippedSteps: s.skippedSteps, problem: s.problem });
+      },
+      async onEval(e) {
+        ctx.event({ kind: 'eval', step: e.step, loss: e.loss });
+        await putMetric(db, { runId, step: e.step, epoch: null, loss: null, learningRate: null, gradNorm: null, tokensPerSecond: null, evalLoss: e.loss, custom: {} });
+        const improved = bestEvalLoss === null || e.loss < bestEvalLoss;
+        if (improved) bestEvalLoss = e.loss;
+        evalsWithoutImprovement = improved ? 0 : evalsWithoutImprovement + 1;
+        await updateRun(db, runId, { bestEvalLoss });
+        if (config.early_stopping_patience > 0 && evalsWithoutImprovement >= config.early_stopping_patience) return { stop: 'early_stopped' };
       },
     });
-  }
 
-  if (config.save_steps > 0) {
+    let logger: ReturnType<typeof tensorBoardCallbacks> | null = null;
+    if (logFile) {
+      const wallTime = Date.now() / 1000;
+      const continuing = (resumed?.record.logChunks ?? 0) > 0;
+      const writer = continuing ? continuingWriter(wallTime) : new EventFileWriter();
+      if (continuing) {
+        // The stored file was cut back to the checkpoint; TensorBoard's mark of a restart follows (see session-log.ts).
+        writer.addEvent(sessionStartEvent((from?.step ?? 0) + 1, wallTime));
+      } else {
+        writer.writeFileVersion(wallTime);
+        writer.addText('config', runConfigToYaml(config), 0, wallTime);
+      }
+      await appendLog(db, runId, writer.takePending());
+      logger = tensorBoardCallbacks({ writer, flush: (bytes) => appendLog(db, runId, bytes), adapter: { matrices: () => adapterMatrices(adapter) } });
+      sets.push(logger);
+    }
+
+    // Custom metrics: computed at each log step, plotted live, stored with the curves, logged to TensorBoard.
+    const customMetrics: readonly CustomMetric[] = [PERPLEXITY];
+    sets.push(
+      customMetricCallbacks(customMetrics, async ({ step, name, value }) => {
+        ctx.event({ kind: 'metric', step, name, value });
+        await putMetric(db, { runId, step, epoch: null, loss: null, learningRate: null, gradNorm: null, tokensPerSecond: null, evalLoss: null, custom: { [name]: value } });
+        await logger?.addScalar(name, value, step);
+      }),
+    );
+
+    const diagnosis = diagnosisCallbacks({
+      totalSteps: trainer.totalSteps,
+      logEveryStep: config.log_steps === 0,
+      initial: from ? diagnosisHistoryOf(await readMetrics(db, runId), from.step, config.log_steps) : undefined,
+      async onFindings(findings) {
+        ctx.event({ kind: 'diagnosis', findings });
+        await updateRun(db, runId, { findings });
+        const last = diagnosis.history().trainLoss.at(-1)?.step ?? 0;
+        await logger?.addText('diagnosis', findingsText(findings), last);
+      },
+    });
+    sets.push(diagnosis);
+
+    if (config.sample_steps > 0 && config.sample_prompts.length > 0 && logger) {
+      const samples = logger;
+      sets.push({
+        async onStepEnd(m) {
+          if (m.step % config.sample_steps !== 0) return;
+          for (const [i, prompt] of config.sample_prompts.entries()) {
+            const ids = tokenizer.encode(prompt);
+            const out = await generate(model, ids, { maxNewTokens: 48, temperature: 0, seed: config.seed, forward: { linear: adapter.apply({ training: false }) } });
+            await samples.addText(`samples/${i}`, prompt + tokenizer.decode(out), m.step);
+          }
+        },
+      });
+    }
+
+    if (config.save_steps > 0) {
+      sets.push({
+        async onSave({ step }) {
+          const files = await exportPeftAdapter(model, adapter, stored.name);
+          for (const [name, bytes] of Object.entries(files)) await putArtifact(db, runId, `checkpoint-${step}/${name}`, bytes);
+        },
+      });
+    }
+    // The run's state for a resume: every save_steps, and when it pauses or is stopped (see Trainer's onCheckpoint).
     sets.push({
-      async onSave({ step }) {
-        const files = await exportPeftAdapter(model, adapter, stored.name);
-        for (const [name, bytes] of Object.entries(files)) await putArtifact(db, runId, `checkpoint-${step}/${name}`, bytes);
+      async onCheckpoint(ck) {
+        await saveCheckpoint(db, runId, ck);
       },
     });
-  }
-  callbacks = composeCallbacks(...sets);
+    callbacks = composeCallbacks(...sets);
 
-  ctx.onControl((action) => {
-    if (action === 'pause') {
-      trainer.pause();
-      ctx.event({ kind: 'paused' });
-      void updateRun(db, runId, { status: 'paused' });
-    } else if (action === 'resume') {
-      trainer.resume();
-      ctx.event({ kind: 'resumed' });
-      void updateRun(db, runId, { status: 'running' });
-    } else trainer.stop('stopped');
-  });
-  ctx.signal.addEventListener('abort', () => trainer.stop('stopped'), { once: true });
+    ctx.onControl((action) => {
+      if (action === 'pause') {
+        trainer.pause();
+        ctx.event({ kind: 'paused' });
+        void updateRun(db, runId, { status: 'paused' }).catch(() => undefined); // a failed status write must not end the run
+      } else if (action === 'resume') {
+        trainer.resume();
+        ctx.event({ kind: 'resumed' });
+        void updateRun(db, runId, { status: 'running' }).catch(() => undefined);
+      } else trainer.stop('stopped');
+    });
+    ctx.signal.addEventListener('abort', () => trainer.stop('stopped'), { once: true });
 
-  let end;
-  try {
-    end = await trainer.run();
+    const end = await trainer.run().finally(() => measure.stop());
+
+    // The run's output folder. A diverged run keeps the last good adapter (the bad update was never applied).
+    const adapterFiles = await exportPeftAdapter(model, adapter, stored.name);
+    for (const [name, bytes] of Object.entries(adapterFiles)) await putArtifact(db, runId, name, bytes);
+    await putArtifact(db, runId, 'config.yaml', runConfigToYaml(config));
+    const findings: Finding[] = diagnosis.findings();
+    await putArtifact(db, runId, 'diagnosis.json', diagnosisJson(findings));
+    // The interruptions the run survived ride along with the measurements (runSummaryJson writes what it is given).
+    const summary: RunSummary & { readonly interruptions: readonly Interruption[] } = { ...measure.summary(), interruptions };
+    await putArtifact(db, runId, 'run_summary.json', runSummaryJson(summary));
+    await updateRun(db, runId, {
+      status: end.reason === 'completed' || end.reason === 'early_stopped' ? 'completed' : end.reason,
+      step: end.step,
+      findings,
+    });
+    return { runId, reason: end.reason, steps: end.step };
   } catch (e) {
-    await updateRun(db, runId, { status: 'failed', error: (e as Error).message });
-    throw e;
+    measure.stop();
+    const failure = runFailure(e); // a wasm abort, said in one line
+    await recordFailure(db, runId, failure);
+    throw failure;
   }
+}
 
-  // The run's output folder. A diverged run keeps the last good adapter (the bad update was never applied).
-  const adapterFiles = await exportPeftAdapter(model, adapter, stored.name);
-  for (const [name, bytes] of Object.entries(adapterFiles)) await putArtifact(db, runId, name, bytes);
-  await putArtifact(db, runId, 'config.yaml', runConfigToYaml(config));
-  const findings: Finding[] = diagnosis.findings();
-  await putArtifact(db, runId, 'diagnosis.json', diagnosisJson(findings));
-  await updateRun(db, runId, {
-    status: end.reason === 'completed' || end.reason === 'early_stopped' ? 'completed' : end.reason,
-    step: end.step,
-    findings,
-  });
-  return { runId, reason: end.reason, steps: end.step };
+/**
+ * Marks a run failed with the error's message. If even that write fails (the disk is still full), the record
+ * keeps saying running until this worker drops the run's lock; the next start-up sweep then marks it interrupted.
+ */
+async function recordFailure(db: LoraLabDb, runId: string, e: unknown): Promise<void> {
+  const message = e instanceof Error ? e.message : String(e);
+  await updateRun(db, runId, { status: 'failed', error: message }).catch(() => undefined);
 }
 
 /** Every file of a run's output folder, as the headless runner writes it and the UI zips it. */
@@ -256,6 +338,10 @@ export async function exportRunFiles(db: LoraLabDb, runId: string): Promise<Expo
   files.push({ path: 'metrics.csv', bytes: new TextEncoder().encode(metricsCsv(rows)) });
   if (run.logFile) files.push({ path: `logs/${run.logFile}`, bytes: await readLog(db, runId) });
   return files;
+}
+
+function halting(step: number | undefined, ctx: RunContext, lossFn: LossFn): LossFn {
+  return step === undefined ? lossFn : haltingAfter(step, (e) => ctx.event(e), lossFn);
 }
 
 async function adapterMatrices(adapter: LoraAdapter) {

@@ -43,11 +43,15 @@ async function pixelAt(png: Buffer, x: number, y: number): Promise<number[]> {
 }
 
 async function logitsInWorker(modelId: string, tokens: number[]): Promise<number[]> {
+  return (await forwardInWorker(modelId, tokens)).logits;
+}
+
+async function forwardInWorker(modelId: string, tokens: number[]): Promise<{ logits: number[]; weightBytes: number }> {
   return page.evaluate(
     async ({ modelId, tokens }) => {
       await window.loraLab!.ready;
-      const { logits } = await window.loraLab!.call('logits', { modelId, tokens });
-      return Array.from(logits);
+      const { logits, weightBytes } = await window.loraLab!.call('logits', { modelId, tokens });
+      return { logits: Array.from(logits), weightBytes };
     },
     { modelId, tokens },
   );
@@ -69,6 +73,27 @@ describe('the app in headless Chromium', () => {
       const logits = await logitsInWorker(id, expected.tokens);
       expect(logits.length).toBe(expected.tokens.length * expected.logits_base[0]!.length);
       expect(maxAbsDiff(logits, expected.logits_base)).toBeLessThan(1e-4);
+    }
+  });
+
+  test('BF16 and F16 checkpoints stay 16-bit on the GPU, and their forward matches PyTorch', async () => {
+    // tiny-gpt2-f16 has its own test below (deleting a model).
+    const halves = { 'tiny-gpt2': ['tiny-gpt2-bf16'], 'tiny-llama': ['tiny-llama-bf16', 'tiny-llama-f16'] };
+    for (const [arch, copies] of Object.entries(halves)) {
+      // Imported by the test before.
+      const fullId = await page.getByRole('radio', { name: new RegExp(`^${arch}\\b`) }).inputValue();
+      const full = await forwardInWorker(fullId, expectedOutputs(arch).tokens);
+      for (const half of copies) {
+        const expected = expectedOutputs(half);
+        const { logits, weightBytes } = await forwardInWorker(await importFolder(half), expected.tokens);
+        expect(maxAbsDiff(logits, expected.logits_base)).toBeLessThan(1e-4);
+        // Every matrix packed two halves to a word; only the norm and bias vectors stay float32.
+        expect(weightBytes).toBeLessThan(0.55 * full.weightBytes);
+        // Gone again, so that the tests below find one model per name.
+        page.once('dialog', (dialog) => void dialog.accept());
+        await page.getByRole('button', { name: `Delete ${half}` }).click();
+        await expect.poll(() => page.getByRole('radio', { name: new RegExp(`^${half}\\b`) }).count()).toBe(0);
+      }
     }
   });
 

@@ -1,5 +1,5 @@
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { expect, test } from 'vitest';
@@ -7,25 +7,32 @@ import { readEventFile, scalarSeries } from '../../src/core/logging';
 import { bytesSource, readHeader } from '../../src/core/safetensors';
 import { MODELS_DIR } from './support/fixtures';
 
-test('npm run headless -- train --config RUN.yaml writes the run folder into output_dir', async () => {
+/** The runner, as a person runs it. */
+function headless(configPath: string) {
+  return spawnSync(process.execPath, ['scripts/headless.mjs', 'train', '--config', configPath], { encoding: 'utf8', timeout: 240_000 });
+}
+
+test('npm run headless -- train --config RUN.yaml writes the run folder into output_dir, the model given through a symbolic link', async () => {
   const dir = mkdtempSync(join(tmpdir(), 'lora-lab-headless-run-'));
   mkdirSync(join(dir, 'data'));
   writeFileSync(join(dir, 'data', 'train.txt'), Array.from({ length: 12 }, () => 'zebra quilt jinx! '.repeat(8)).join('\n\n'));
   writeFileSync(join(dir, 'data', 'val.txt'), 'zebra quilt jinx! '.repeat(8));
+  // The model folder is a link to the fixture (Chromium's folder picker would see an empty folder).
+  symlinkSync(join(MODELS_DIR, 'tiny-gpt2'), join(dir, 'model'));
   // Paths relative to the config file, as the runner documents.
   writeFileSync(
     join(dir, 'run.yaml'),
-    [`base_model: ${join(MODELS_DIR, 'tiny-gpt2')}`, 'train_data: ./data/train.txt', 'val_data: ./data/val.txt', 'output_dir: ./output/lr_1e-2', 'lora_rank: 4',
+    ['base_model: ./model', 'train_data: ./data/train.txt', 'val_data: ./data/val.txt', 'output_dir: ./output/lr_1e-2', 'lora_rank: 4',
       'lora_alpha: 8', 'learning_rate: 1e-2', 'lr_scheduler: constant', 'max_steps: 6', 'batch_size: 2', 'seq_len: 32', 'log_steps: 2', 'eval_steps: 6', 'backend: wasm'].join('\n'),
   );
-  const result = spawnSync(process.execPath, ['scripts/headless.mjs', 'train', '--config', join(dir, 'run.yaml')], { encoding: 'utf8', timeout: 240_000 });
+  const result = headless(join(dir, 'run.yaml'));
   expect(result.stderr).toBe('');
   expect(result.status).toBe(0);
   expect(result.stdout).toMatch(/^step 6 epoch [\d.]+ loss [\d.]+ lr 0\.01 /m);
   expect(result.stdout).toMatch(/run completed after 6 steps/);
 
   const out = join(dir, 'output', 'lr_1e-2');
-  for (const f of ['adapter_model.safetensors', 'adapter_config.json', 'config.yaml', 'metrics.csv', 'diagnosis.json']) expect(existsSync(join(out, f)), f).toBe(true);
+  for (const f of ['adapter_model.safetensors', 'adapter_config.json', 'config.yaml', 'metrics.csv', 'diagnosis.json', 'run_summary.json']) expect(existsSync(join(out, f)), f).toBe(true);
   const header = await readHeader(bytesSource('adapter_model.safetensors', new Uint8Array(readFileSync(join(out, 'adapter_model.safetensors')))));
   expect(header.tensors.map((t) => t.name)).toContain('base_model.model.transformer.h.0.attn.c_attn.lora_A.weight');
   expect(JSON.parse(readFileSync(join(out, 'adapter_config.json'), 'utf8'))).toMatchObject({ r: 4, lora_alpha: 8, fan_in_fan_out: true, target_modules: ['c_attn'] });
@@ -38,4 +45,40 @@ test('npm run headless -- train --config RUN.yaml writes the run folder into out
   const series = scalarSeries(readEventFile(logFile!, new Uint8Array(readFileSync(join(out, 'logs', logFile!)))));
   expect(series.get('train/loss')!.map((p) => p.step)).toEqual([2, 4, 6]);
   expect(series.get('eval/loss')!.map((p) => p.step)).toEqual([6]);
+
+  // run_summary.json: what the run cost. The base weights are the fixture's float32 tensors, counted
+  // independently from its file; everything the run held includes them, and wasm's memory holds it all.
+  const summary = JSON.parse(readFileSync(join(out, 'run_summary.json'), 'utf8')) as Record<string, number | string | null>;
+  const model = await readHeader(bytesSource('model.safetensors', new Uint8Array(readFileSync(join(MODELS_DIR, 'tiny-gpt2', 'model.safetensors')))));
+  const weightBytes = model.tensors.reduce((n, t) => n + 4 * t.shape.reduce((a, b) => a * b, 1), 0);
+  expect(summary).toMatchObject({ backend: 'wasm', adapter: null, steps: 6, base_weight_bytes: weightBytes });
+  const peak = summary.peak_memory_bytes as number;
+  expect(peak).toBeGreaterThan(weightBytes);
+  expect(summary.wasm_heap_bytes as number).toBeGreaterThanOrEqual(peak);
+  expect(summary.tokens_per_second as number).toBeGreaterThan(0);
+  // Each step trains on batch_size × seq_len = 64 tokens, so a step's rate is 64 / its time. The median
+  // rate times the median time is then exactly 64 for an odd number of steps, and at least 64 for an
+  // even one (the mean of two rates against the mean of their two times).
+  const stepSeconds = summary.step_seconds as number;
+  expect(stepSeconds).toBeGreaterThan(0);
+  expect((summary.tokens_per_second as number) * stepSeconds).toBeGreaterThanOrEqual(64 - 1e-9);
+  expect(summary.total_seconds as number).toBeGreaterThan(stepSeconds);
+});
+
+test('a run that cannot fit in WebAssembly is refused in one line before it starts, with a model folder of file links', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'lora-lab-headless-refused-'));
+  // A Hugging Face cache snapshot: a folder whose files are links to blobs elsewhere.
+  mkdirSync(join(dir, 'snapshot'));
+  for (const f of readdirSync(join(MODELS_DIR, 'tiny-gpt2'))) symlinkSync(join(MODELS_DIR, 'tiny-gpt2', f), join(dir, 'snapshot', f));
+  writeFileSync(join(dir, 'train.txt'), 'zebra quilt jinx! '.repeat(400));
+  writeFileSync(join(dir, 'run.yaml'), ['base_model: ./snapshot', 'train_data: ./train.txt', 'output_dir: ./out', 'batch_size: 512', 'seq_len: 128', 'backend: wasm'].join('\n'));
+  const result = headless(join(dir, 'run.yaml'));
+  expect(result.status).toBe(2);
+  const lines = result.stderr.trimEnd().split('\n');
+  expect(lines).toHaveLength(1);
+  expect(lines[0]).toMatch(/^error: backend: this run needs about \d+(\.\d)? GiB on WebAssembly, which holds at most 4 GiB\. Lower batch_size or seq_len .*, or use WebGPU\.$/);
+  // The model was imported through its links; the run itself never started, and wrote nothing.
+  expect(result.stdout).toMatch(/^importing /m);
+  expect(result.stdout).not.toMatch(/^run /m);
+  expect(existsSync(join(dir, 'out'))).toBe(false);
 });

@@ -43,7 +43,7 @@ describe('monitoring a real run', () => {
     expect(series.get('train/loss')!.map((p) => p.step)).toEqual([2, 4, 6]);
 
     const csv = new TextDecoder().decode(run.files.get('metrics.csv')!).trim().split('\n');
-    expect(csv[0]).toBe('step,epoch,loss,learning_rate,grad_norm,eval_loss,tokens_per_second,train/perplexity');
+    expect(csv[0]).toBe('step,epoch,loss,learning_rate,grad_norm,eval_loss,tokens_per_second,skipped_steps,train/perplexity');
     expect(Number(csv[2]!.split(',').at(-1))).toBeCloseTo(metrics[0]!.value, 4);
   });
 

@@ -58,6 +58,23 @@ describe('projections with a packed weight match float32 weights of the same val
   );
 });
 
+describe('matrices past the binding limit, held as row blocks, compute what whole ones do', () => {
+  test.each(['gpt2', 'llama'] as const)('%s', async (arch) => {
+    type Result = { blocked: number; wholeBlocked: number; logitsError: number; lossDiff: number; gradError: number; gradNorm: number; unpacked: number; leakedTensors: number; gpuErrors: string[] };
+    const r = await page.call<Result>('checkRowBlocks', arch);
+    expect(r.gpuErrors).toEqual([]);
+    expect(r.wholeBlocked).toBe(0);
+    // GPT-2: wte, and c_fc and the MLP's c_proj of both layers; Llama: the embedding, the head, gate/up/down of both.
+    expect(r.blocked).toBe(arch === 'gpt2' ? 5 : 8);
+    expect(r.unpacked).toBe(0);
+    expect(r.logitsError).toBeLessThan(1e-5);
+    expect(r.lossDiff).toBeLessThan(1e-5);
+    expect(r.gradNorm).toBeGreaterThan(0);
+    expect(r.gradError).toBeLessThan(1e-4);
+    expect(r.leakedTensors).toBe(0);
+  });
+});
+
 test('the page logged no errors', () => {
   expect(page.errors()).toEqual([]);
 });

@@ -41,6 +41,8 @@ max_steps: 0                        # 0 = no limit
 batch_size: 8
 grad_accum_steps: 1
 seq_len: 128
+gradient_checkpointing: false
+base_quantization: none
 log_steps: 10
 eval_steps: 0
 save_steps: 0
@@ -72,6 +74,8 @@ const EXAMPLE_CONFIG: RunConfig = {
   batch_size: 8,
   grad_accum_steps: 1,
   seq_len: 128,
+  gradient_checkpointing: false,
+  base_quantization: 'none',
   log_steps: 10,
   eval_steps: 0,
   save_steps: 0,
@@ -379,6 +383,7 @@ describe('bad values', () => {
     ['lr_scheduler', 'cosine_with_restarts', '"cosine_with_restarts"', 'constant, linear, cosine'],
     ['backend', 'cuda', '"cuda"', 'auto, webgpu, wasm'],
     ['use_rslora', 'yes', '"yes"', 'true or false'],
+    ['gradient_checkpointing', 1, '1', 'true or false'],
     ['epochs', 1.5, '1.5', 'whole number'],
     ['epochs', -1, '-1', 'whole number'],
     ['epochs', '-2', '"-2"', 'whole number'],
@@ -649,6 +654,7 @@ describe('runConfigToYaml', () => {
       lr_scheduler: 'linear',
       backend: 'wasm',
       use_rslora: true,
+      gradient_checkpointing: true,
       seed: 4294967295,
     };
     expect(ok(parseRunConfigYaml(runConfigToYaml(config))).config).toEqual(config);

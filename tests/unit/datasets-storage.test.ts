@@ -22,6 +22,7 @@ import {
 } from '../../src/storage/datasets';
 import { closeDatabase, DB_NAME, openDatabase, type LoraLabDb } from '../../src/storage/db';
 import { importModel } from '../../src/storage/import-model';
+import { localLocks } from '../../src/storage/locks';
 import { estimateStoredRun, importDatasetFile, previewStoredDataset, projectionsOf, readRunData, type DatasetContext } from '../../src/worker/datasets';
 import type { Progress } from '../../src/worker/protocol';
 
@@ -141,7 +142,8 @@ describe('dataset storage', () => {
     await db.put('datasets', { ...kept, id: 'crashed', status: 'importing' });
     await db.put('datasetChunks', { datasetId: 'crashed', index: 0, bytes: new ArrayBuffer(8) });
     expect((await listDatasets(db)).map((d) => d.id)).toEqual([kept.id]); // never listed while importing
-    expect(await sweepUnfinishedDatasets(db)).toBe(1);
+    // A crash leaves no lock behind: a fresh lock set sees nothing held.
+    expect(await sweepUnfinishedDatasets(db, localLocks())).toBe(1);
     expect(await db.count('datasets')).toBe(1);
     expect(await db.count('datasetChunks')).toBe(3);
   });

@@ -261,7 +261,7 @@ describe('PEFT adapter fixtures', () => {
     // Only targeted weights change.
     const changed: string[] = [];
     for (const [name, t] of merged) {
-      if (maxAbsDiff(await t.data(), await model.weights.get(name)!.data()) > 0) changed.push(name);
+      if (maxAbsDiff(await t.data(), await (model.weights.get(name) as tf.Tensor).data()) > 0) changed.push(name);
     }
     expect(changed.sort()).toEqual(adapter.modules.map((m) => `${m.path}.weight`).sort());
 

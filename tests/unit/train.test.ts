@@ -500,7 +500,7 @@ describe('Trainer mechanics (bigram model)', () => {
     r2.W.dispose();
   });
 
-  it('a NaN loss ends with "diverged" and leaves the variables at their last good values', async () => {
+  it('a NaN loss from step 5 on: five skipped updates in a row end with "diverged", the variables at their last good values', async () => {
     let snapshot: Float32Array | null = null;
     let W: tf.Variable | null = null;
     const onNaN = (fn: LossFn): LossFn => (batch, ctx) => {
@@ -520,6 +520,7 @@ describe('Trainer mechanics (bigram model)', () => {
     expect(r.end.reason).toBe('diverged');
     expect(r.end.step).toBe(4);
     expect(r.end.detail).toMatch(/step 5 the loss was NaN/);
+    expect(r.end.skippedSteps).toBe(5);
     expect(r.metrics).toHaveLength(4);
     expect(snapshot).not.toBeNull();
     expect([...(await r.W.data())]).toEqual([...snapshot!]);
@@ -578,7 +579,7 @@ describe('Trainer on the tiny models', () => {
   }
 
   it('LoRA rank 4 on c_attn, lr 1e-2, 30 steps: the loss falls clearly, the base model is untouched', async () => {
-    const baseBefore = await model.weights.get('transformer.h.0.attn.c_attn.weight')!.data();
+    const baseBefore = await (model.weights.get('transformer.h.0.attn.c_attn.weight') as tf.Tensor).data();
     const before = await evaluate(windows, modelLossFn(model), 11);
     const tensorsBefore = tf.memory().numTensors;
     const { adapter, losses, end } = await trainLora(settings, { maxSteps: 30 });
@@ -588,7 +589,7 @@ describe('Trainer on the tiny models', () => {
     expect(after.loss).toBeLessThan(before.loss - 0.7);
     const mean = (xs: number[]) => xs.reduce((s, x) => s + x, 0) / xs.length;
     expect(mean(losses.slice(-5))).toBeLessThan(mean(losses.slice(0, 5)) - 0.5);
-    expect(await model.weights.get('transformer.h.0.attn.c_attn.weight')!.data()).toEqual(baseBefore);
+    expect(await (model.weights.get('transformer.h.0.attn.c_attn.weight') as tf.Tensor).data()).toEqual(baseBefore);
     adapter.dispose();
     expect(tf.memory().numTensors).toBe(tensorsBefore);
   });

@@ -1,5 +1,15 @@
 import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import * as tf from '@tensorflow/tfjs';
 import { describe, expect, test } from 'vitest';
+import { parseModelConfig, parseModelConfigText } from '../../src/core/models/config';
+import { loadWeightsFromSafetensors } from '../../src/core/models/load';
+import { buildModel } from '../../src/core/models/model';
+import { bytesSource } from '../../src/core/safetensors';
+import { disposeWeights, holdWeight } from '../../src/core/weights/hold';
+import { heldBytes, heldFormat, type BaseQuantization, type HeldFormat } from '../../src/core/weights/holding';
+import { heldTensors, isRowBlocks } from '../../src/core/weights/row-blocks';
 import { packHalves, quantizeInt8, quantizeNf4, unpackHost } from '../../src/core/weights/host';
 import { NF4_BLOCK, NF4_CODE_BOOK, nearestNf4Code } from '../../src/core/weights/nf4';
 
@@ -97,5 +107,68 @@ describe('NF4: QLoRA code book, blocks of 64', () => {
       const block = v.subarray(b * NF4_BLOCK, Math.min(count, (b + 1) * NF4_BLOCK));
       expect(m.absmax[b]).toBe(Math.fround(Math.max(...Array.from(block, Math.abs))));
     }
+  });
+});
+
+describe('how each weight is held, and what it costs', () => {
+  const cfg = parseModelConfig({
+    model_type: 'llama', vocab_size: 50, hidden_size: 16, num_hidden_layers: 1, num_attention_heads: 2, intermediate_size: 24, max_position_embeddings: 32,
+  });
+  const bf16Bytes = (count: number) => new Uint8Array(new Uint16Array(count).fill(0x3f80).buffer);
+  const cases: [string, number[], BaseQuantization, boolean, HeldFormat][] = [
+    ['model.layers.0.mlp.up_proj.weight', [24, 16], 'nf4', true, 'nf4'],
+    ['model.layers.0.mlp.up_proj.weight', [24, 16], 'int8', true, 'int8'],
+    ['model.layers.0.mlp.down_proj.weight', [16, 24], 'int8', true, 'int8'],
+    ['model.layers.0.mlp.up_proj.weight', [24, 16], 'none', true, 'bf16'],
+    ['model.layers.0.mlp.up_proj.weight', [24, 16], 'nf4', false, 'f32'],
+    // Embeddings and norms keep their stored precision whatever the quantization.
+    ['model.embed_tokens.weight', [50, 16], 'nf4', true, 'bf16'],
+    ['model.layers.0.input_layernorm.weight', [16], 'nf4', true, 'f32'],
+  ];
+  test.each(cases)('%s %j, %s, packed %s → %s', (name, shape, quantization, packed, format) => {
+    const placement = { packed, quantization };
+    expect(heldFormat(name, 'BF16', shape, placement)).toBe(format);
+    const held = holdWeight(cfg, name, 'BF16', shape, bf16Bytes(shape[0]! * (shape[1] ?? 1)), placement);
+    try {
+      expect(heldTensors(held).reduce((n, t) => n + 4 * t.size, 0)).toBe(heldBytes(format, shape, 0));
+      if (!(held instanceof tf.Tensor) && !isRowBlocks(held)) expect(held.format).toBe(format);
+    } finally {
+      disposeWeights([held]);
+    }
+  });
+
+  test('unpacked, a quantized weight holds the quantized values as float32', async () => {
+    const values = new Float32Array(24 * 16).map((_, i) => Math.sin(i));
+    const bytes = new Uint8Array(values.buffer);
+    const held = holdWeight(cfg, 'model.layers.0.mlp.up_proj.weight', 'F32', [24, 16], bytes, { packed: false, quantization: 'nf4' });
+    expect(held instanceof tf.Tensor).toBe(true);
+    expect(Array.from((await (held as tf.Tensor).data()) as Float32Array)).toEqual(Array.from(unpackHost(quantizeNf4(values, [24, 16]))));
+    disposeWeights([held]);
+  });
+});
+
+describe('matrices past the binding limit are held as row blocks', () => {
+  const FIXTURES = fileURLToPath(new URL('../../../shared/fixtures/models/', import.meta.url));
+  test.each(['tiny-gpt2', 'tiny-llama'])('%s with a 10 kB limit gives PyTorch\'s logits', async (dir) => {
+    const cfg = parseModelConfigText(readFileSync(join(FIXTURES, dir, 'config.json'), 'utf8'));
+    const source = bytesSource('model.safetensors', new Uint8Array(readFileSync(join(FIXTURES, dir, 'model.safetensors'))));
+    const weights = await loadWeightsFromSafetensors(cfg, [source], { placement: { packed: false, quantization: 'none', maxBindingBytes: 10_000 } });
+    const blocked = [...weights].filter(([, w]) => !(w instanceof tf.Tensor) && isRowBlocks(w));
+    // GPT-2: wte, wpe and every block's Conv1D [in, out] (split along its inputs); Llama: the embedding, the
+    // head and every projection [out, in] but k and v ([32, 64], 8 kB), split along their outputs.
+    expect(blocked.length).toBe(cfg.arch === 'gpt2' ? 2 + 4 * cfg.numLayers : 2 + 5 * cfg.numLayers);
+    for (const [, w] of blocked) {
+      for (const t of heldTensors(w)) expect(4 * t.size).toBeLessThanOrEqual(10_000);
+    }
+    const model = buildModel(cfg, weights);
+    const expected = JSON.parse(readFileSync(join(FIXTURES, `${dir}.expected.json`), 'utf8')) as { tokens: number[]; logits_base: number[][] };
+    const logits = model.forward(tf.tensor2d(expected.tokens, [1, expected.tokens.length], 'int32'));
+    const got = (await logits.data()) as Float32Array;
+    const vocab = expected.logits_base[0]!.length;
+    let maxDiff = 0;
+    expected.logits_base.forEach((row, i) => row.forEach((v, j) => (maxDiff = Math.max(maxDiff, Math.abs(got[i * vocab + j]! - v)))));
+    expect(maxDiff).toBeLessThan(1e-4);
+    logits.dispose();
+    model.dispose();
   });
 });

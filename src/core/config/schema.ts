@@ -1,4 +1,5 @@
 import * as v from 'valibot';
+import { BASE_QUANTIZATIONS } from '../weights/hold.js';
 
 /**
  * The run config: every knob of one LoRA training run, shared by the app's form, the headless runner's
@@ -104,6 +105,8 @@ export const RunConfigFields = v.object({
   batch_size: int(1, 1024, 8),
   grad_accum_steps: int(1, 1024, 1),
   seq_len: int(2, 8192, 128),
+  gradient_checkpointing: v.optional(v.boolean(), false),
+  base_quantization: v.optional(v.picklist(BASE_QUANTIZATIONS), 'none'),
   log_steps: steps(10),
   eval_steps: steps(0),
   save_steps: steps(0),
@@ -163,6 +166,14 @@ export const FIELD_RULES: { readonly [K in RunConfigKey]: FieldRule } = {
   batch_size: { accepts: 'an integer from 1 to 1024', comment: 'sequences per micro-batch' },
   grad_accum_steps: { accepts: 'an integer from 1 to 1024', comment: 'micro-batches per optimizer step' },
   seq_len: { accepts: 'an integer from 2 to 8192', comment: 'tokens per sequence' },
+  gradient_checkpointing: {
+    accepts: 'true or false',
+    comment: 'recompute each block in the backward pass: less memory, ~1/3 more compute',
+  },
+  base_quantization: {
+    accepts: 'one of none, int8, nf4',
+    comment: 'none | int8 | nf4: frozen block weights held quantized on the GPU (QLoRA), LoRA stays float32',
+  },
   log_steps: { accepts: 'a whole number of steps (0 or more)', comment: '0 = no logging and no event file' },
   eval_steps: { accepts: 'a whole number of steps (0 or more)', comment: '0 = evaluate at the end of each epoch only' },
   save_steps: { accepts: 'a whole number of steps (0 or more)', comment: '0 = save only at the end' },

@@ -187,7 +187,7 @@ export async function readDataset(source: ByteSource, opts: ReadDatasetOptions):
           'One file must hold one kind of record; split it into separate files.',
         );
       }
-      const doc = tokenizeRecord(record, tokenizer);
+      const doc = tokenizeRecord(record, tokenizer, file);
       if (doc.ids.length === 0) empty.add(record.id);
       else if (doc.lossMask !== undefined && !doc.lossMask.includes(1)) untrained.add(record.id);
       else {
@@ -234,7 +234,38 @@ const KIND_LABELS: Readonly<Record<RecordKind, string>> = {
   tokens: 'token',
 };
 
-function tokenizeRecord(record: DatasetRecord, tokenizer: TextTokenizer): DatasetDoc {
+/**
+ * The longest run of characters without a space, tab or line break that is tokenized. Such a run is one pre-token
+ * that nothing can cut, and byte-pair merging over it takes seconds per MB and gigabytes of memory (a 50 MB line of
+ * one letter ran Node out of a 4 GB heap after four minutes), so it is refused, naming the record, instead.
+ */
+export const MAX_UNBROKEN_CHARS = 1024 * 1024;
+
+/** The length of the longest run in `text` with no space, tab, CR or LF. */
+function longestUnbrokenRun(text: string): number {
+  let longest = 0;
+  let run = 0;
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    if (c === 32 || c === 10 || c === 13 || c === 9) run = 0;
+    else if (++run > longest) longest = run;
+  }
+  return longest;
+}
+
+function tokenizeRecord(record: DatasetRecord, tokenizer: TextTokenizer, file: string): DatasetDoc {
+  for (const segment of record.segments) {
+    // Only texts long enough to hold such a run are scanned.
+    if (segment.text.length <= MAX_UNBROKEN_CHARS) continue;
+    const run = longestUnbrokenRun(segment.text);
+    if (run > MAX_UNBROKEN_CHARS) {
+      throw new UserError(
+        file,
+        `${record.id} holds ${run.toLocaleString('en-US')} characters with no space or line break; LoRA Lab tokenizes at most ${MAX_UNBROKEN_CHARS.toLocaleString('en-US')} in one run.`,
+        'Break the text with spaces or line breaks, or leave that record out.',
+      );
+    }
+  }
   const parts = record.segments.map((s) => tokenizer.encode(s.text));
   const prefix = documentPrefix(parts, tokenizer.prefixIds);
   // Most records are one or two segments; concat copies once instead of pushing id by id.

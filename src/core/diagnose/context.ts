@@ -1,11 +1,12 @@
 import { lrFacts, type LrFacts } from './format';
-import type { CurvePoint, RunHistory, Thresholds } from './types';
+import type { CurvePoint, RunHistory, SkippedPoint, Thresholds } from './types';
 
 /** The history as the rules read it: curves in step order, one point per step, plus derived facts. */
 export interface Context {
   readonly train: readonly CurvePoint[];
   readonly evalLoss: readonly CurvePoint[];
   readonly grad: readonly CurvePoint[];
+  readonly skipped: readonly SkippedPoint[];
   readonly lr: LrFacts;
   readonly totalSteps: number;
   readonly t: Thresholds;
@@ -16,6 +17,7 @@ export function makeContext(history: RunHistory, t: Thresholds): Context {
     train: inStepOrder(history.trainLoss),
     evalLoss: inStepOrder(history.evalLoss),
     grad: inStepOrder(history.gradNorm),
+    skipped: history.skippedUpdates ?? [],
     lr: lrFacts(inStepOrder(history.learningRate)),
     totalSteps: Number.isFinite(history.totalSteps) && history.totalSteps > 0 ? history.totalSteps : 0,
     t,

@@ -18,6 +18,19 @@ export function findDiverged(ctx: Context): Finding | null {
   const limitEnd = nonFinite ? train.findIndex((p) => p.step >= nonFinite.point.step) : -1;
   const finiteTrain = limitEnd >= 0 ? train.slice(0, limitEnd) : train;
   const rise = findSustainedRise(finiteTrain, t.divergeStartPoints, t.divergeRatio, t.divergeMarginNats, t.divergeConfirmPoints);
+  // Skipped updates never reach the loss curve (nothing was applied), so they are judged on their own: the trainer
+  // stops at this many in a row, and this is the finding that says why. Earlier NaN points or a rise come first.
+  const skipped = ctx.skipped.find((s) => s.inRow >= t.divergeSkippedInRow);
+  if (skipped && (!nonFinite || skipped.step < nonFinite.point.step) && (!rise || skipped.step < rise.at.step)) {
+    const lastGood = skipped.step - 1;
+    return {
+      code: 'diverged',
+      severity: 'error',
+      step: skipped.step,
+      message: `${skipped.inRow} updates in a row were not finite (at step ${skipped.step}, ${skipped.problem}); none was applied, so training stopped, keeping the adapter after step ${lastGood}.`,
+      suggestion: lowerLrSuggestion(ctx),
+    };
+  }
 
   if (nonFinite && (!rise || nonFinite.point.step <= rise.at.step)) {
     const what = nonFinite.curve === 'train' ? 'training loss' : 'eval loss';

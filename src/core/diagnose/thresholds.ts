@@ -38,6 +38,11 @@ export const DEFAULT_THRESHOLDS: Thresholds = Object.freeze({
    * happen by chance, and three points late is still early enough to save the rest of the run.
    */
   divergeConfirmPoints: 3,
+  /**
+   * 5 skipped updates in a row: the trainer's MAX_SKIPPED_IN_ROW, at which it ends the run, so the
+   * finding explains that stop. One non-finite batch can be bad luck; five in a row are not.
+   */
+  divergeSkippedInRow: 5,
 
   /**
    * 30% above the best window median. Noise of 15% per logged point moves a 12-point median by
@@ -124,6 +129,7 @@ const COUNTS: ReadonlySet<keyof Thresholds> = new Set<keyof Thresholds>([
   'minPoints',
   'divergeStartPoints',
   'divergeConfirmPoints',
+  'divergeSkippedInRow',
   'windowPoints',
   'lrConfirmWindows',
   'gradEarlyPoints',

@@ -16,6 +16,15 @@ export interface RunHistory {
   readonly learningRate: readonly CurvePoint[];
   /** Optimizer steps the run is planned to take (0 when unknown). */
   readonly totalSteps: number;
+  /** Updates the trainer skipped because a loss or gradient was not finite, in order; absent or empty when none. */
+  readonly skippedUpdates?: readonly SkippedPoint[];
+}
+
+/** One skipped update: the step it would have been, how many were skipped in a row with it, and what was not finite. */
+export interface SkippedPoint {
+  readonly step: number;
+  readonly inRow: number;
+  readonly problem: string;
 }
 
 export type FindingCode = 'lr_too_high' | 'diverged' | 'overfitting' | 'not_learning' | 'healthy';
@@ -53,6 +62,8 @@ export interface Thresholds {
   readonly divergeMarginNats: number;
   /** ...for this many logged points in a row. */
   readonly divergeConfirmPoints: number;
+  /** Diverged when this many updates in a row were skipped for a non-finite loss or gradient (the trainer stops there). */
+  readonly divergeSkippedInRow: number;
 
   /** A window's median loss must be this fraction above the best (lowest) window median so far... */
   readonly lrGapRel: number;

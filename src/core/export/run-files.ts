@@ -9,10 +9,12 @@ export interface MetricsCsvRow {
   readonly gradNorm: number | null;
   readonly evalLoss: number | null;
   readonly tokensPerSecond: number | null;
+  /** Updates skipped so far for a non-finite loss or gradient (training rows); empty where not recorded. */
+  readonly skippedSteps?: number | null;
   readonly custom?: Readonly<Record<string, number>>;
 }
 
-const COLUMNS = ['step', 'epoch', 'loss', 'learning_rate', 'grad_norm', 'eval_loss', 'tokens_per_second'] as const;
+const COLUMNS = ['step', 'epoch', 'loss', 'learning_rate', 'grad_norm', 'eval_loss', 'tokens_per_second', 'skipped_steps'] as const;
 
 /** metrics.csv: fixed columns first (empty where not measured), then custom metrics by name. */
 export function metricsCsv(rows: readonly MetricsCsvRow[]): string {
@@ -21,7 +23,7 @@ export function metricsCsv(rows: readonly MetricsCsvRow[]): string {
   const lines = [[...COLUMNS, ...custom].join(',')];
   for (const r of [...rows].sort((a, b) => a.step - b.step)) {
     lines.push(
-      [r.step, r.epoch, r.loss, r.learningRate, r.gradNorm, r.evalLoss, r.tokensPerSecond, ...custom.map((k) => r.custom?.[k])]
+      [r.step, r.epoch, r.loss, r.learningRate, r.gradNorm, r.evalLoss, r.tokensPerSecond, r.skippedSteps, ...custom.map((k) => r.custom?.[k])]
         .map(cell)
         .join(','),
     );

@@ -2,8 +2,10 @@ import * as tf from '@tensorflow/tfjs';
 import { UserError } from '../errors.js';
 import { loraLinear } from '../kernels/lora_linear.js';
 import { applyLinear, type Linear, type LinearApply } from '../models/linear.js';
+import type { CheckpointableApply, DrawMark } from '../models/checkpointing.js';
 import type { CausalLM } from '../models/model.js';
 import { dropoutMaskArray, streamKey, uniformArray } from '../random.js';
+import { isRowBlocks } from '../weights/row-blocks.js';
 import { loraScaling, selectTargets, validateLoraSettings, type LoraSettings } from './settings.js';
 
 /** One adapted projection: y = base(x) + scaling · (dropout(x)·Aᵀ)·Bᵀ, shapes as PEFT stores them. */
@@ -133,15 +135,16 @@ export class LoraAdapter {
    * with masks drawn from a stream keyed by (seed, step, module index, call number): the same seed and
    * step give the same masks, so a run is reproducible, and calling a projection twice through the same
    * LinearApply (several micro-batches) draws fresh masks. Eval mode uses no dropout.
+   * It is also a CheckpointableApply, so a model can checkpoint the blocks it runs (ForwardOptions.gradientCheckpointing).
    */
-  apply(mode: LoraMode): LinearApply {
+  apply(mode: LoraMode): CheckpointableApply {
     this.assertLive();
     const p = this.settings.dropout;
     if (mode.training && (!Number.isSafeInteger(mode.seed) || !Number.isSafeInteger(mode.step))) {
       throw new Error(`LoraAdapter.apply: seed ${mode.seed} and step ${mode.step} must be safe integers`);
     }
     const calls = new Array<number>(this.modules.length).fill(0);
-    return (linear, x) => {
+    const project: LinearApply = (linear, x) => {
       const hit = this.byPath.get(linear.path);
       if (!hit) return applyLinear(linear, x);
       this.assertLive();
@@ -154,6 +157,9 @@ export class LoraAdapter {
         const values = dropoutMaskArray(streamKey(DROPOUT_STREAM, mode.seed, mode.step, index, call), tokens * inFeatures, p);
         dropoutMask = tf.tensor2d(values, [tokens, inFeatures], 'float32');
       }
+      if (isRowBlocks(linear.weight)) {
+        throw new Error(`LoRA on ${linear.path}: its weight is split into row blocks (larger than one GPU binding), which the LoRA kernels do not take`);
+      }
       return loraLinear({
         x,
         weight: linear.weight,
@@ -165,6 +171,24 @@ export class LoraAdapter {
         dropoutMask,
       });
     };
+    // What gradient checkpointing needs (models/checkpointing.ts): the variables a projection reads, and
+    // the call counters (the only state the dropout draws depend on) to rewind for a block's recompute.
+    return Object.assign(project, {
+      trainables: (linear: Linear): readonly tf.Variable[] => {
+        const hit = this.byPath.get(linear.path);
+        return hit ? [hit.module.A, hit.module.B] : [];
+      },
+      drawMark: (): DrawMark => calls.slice(),
+      replayDraws: <T>(mark: DrawMark, run: () => T): T => {
+        const now = calls.slice();
+        calls.splice(0, calls.length, ...mark);
+        try {
+          return run();
+        } finally {
+          calls.splice(0, calls.length, ...now);
+        }
+      },
+    });
   }
 
   /** Trainable parameters: r·(in + out) per module. */

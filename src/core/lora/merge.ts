@@ -1,13 +1,14 @@
 import * as tf from '@tensorflow/tfjs';
 import type { CausalLM } from '../models/model.js';
+import { unpackModelMatrix } from '../kernels/row_blocks.js';
 import type { LoraAdapter } from './adapter.js';
 
 /**
  * The model's weights with the adapter folded in, as PEFT's merge_and_unload computes them:
  * W + scaling·(B·A) for nn.Linear weights [out, in], and its transpose, W + scaling·(B·A)ᵀ, for GPT-2's
- * Conv1D weights stored [in, out] (PEFT's fan_in_fan_out). Every tensor in the map is new, untouched ones
- * included (clones), so the result can go straight to buildModel, which takes ownership, without the
- * base model losing its weights; the caller owns the map.
+ * Conv1D weights stored [in, out] (PEFT's fan_in_fan_out). Every tensor in the map is new float32,
+ * untouched ones included (clones, or packed matrices unpacked), so the result can go straight to
+ * buildModel, which takes ownership, without the base model losing its weights; the caller owns the map.
  */
 export function mergedWeights(model: CausalLM, adapter: LoraAdapter): Map<string, tf.Tensor> {
   const byWeight = new Map(adapter.modules.map((m) => [`${m.path}.weight`, m]));
@@ -16,10 +17,11 @@ export function mergedWeights(model: CausalLM, adapter: LoraAdapter): Map<string
   }
   const out = new Map<string, tf.Tensor>();
   try {
-    for (const [name, w] of model.weights) {
+    for (const [name, held] of model.weights) {
       const m = byWeight.get(name);
+      const w = held instanceof tf.Tensor ? held : unpackModelMatrix(held);
       if (!m) {
-        out.set(name, tf.clone(w));
+        out.set(name, held instanceof tf.Tensor ? tf.clone(w) : w);
         continue;
       }
       out.set(
@@ -33,6 +35,7 @@ export function mergedWeights(model: CausalLM, adapter: LoraAdapter): Map<string
           return tf.add(w, tf.mul(delta, adapter.scaling));
         }),
       );
+      if (!(held instanceof tf.Tensor)) w.dispose();
     }
   } catch (e) {
     for (const t of out.values()) t.dispose();

@@ -1,9 +1,11 @@
 import * as tf from '@tensorflow/tfjs';
 import type { LlamaConfig } from './config.js';
-import { applyLinear, makeLinear, type Linear } from './linear.js';
+import { runBlock, type BlockFn } from './checkpointing.js';
+import { makeLinear, type Linear } from './linear.js';
 import type { ModelParts } from './model.js';
 import { causalAttention } from '../kernels/attention.js';
-import { requireWeight, rmsNorm, silu } from './ops.js';
+import type { HeldWeight } from '../weights/hold.js';
+import { embed, requireMatrix, requireWeight, rmsNorm, silu } from './ops.js';
 
 interface LlamaBlock {
   readonly inputNorm: tf.Tensor;
@@ -81,11 +83,11 @@ function applyRope(x: tf.Tensor2D, batch: number, seq: number, headDim: number, 
   return tf.add(tf.mul(byHead, cos), tf.mul(rotated, sin)).reshape(x.shape);
 }
 
-export function buildLlama(cfg: LlamaConfig, weights: ReadonlyMap<string, tf.Tensor>): ModelParts {
+export function buildLlama(cfg: LlamaConfig, weights: ReadonlyMap<string, HeldWeight>): ModelParts {
   const w = (name: string): tf.Tensor => requireWeight(weights, name);
   const linear = (path: string, hasBias: boolean): Linear =>
-    makeLinear(path, w(`${path}.weight`), 'out_in', hasBias ? w(`${path}.bias`) : null);
-  const embed = w('model.embed_tokens.weight');
+    makeLinear(path, requireMatrix(weights, `${path}.weight`), 'out_in', hasBias ? w(`${path}.bias`) : null);
+  const embedTokens = requireMatrix(weights, 'model.embed_tokens.weight');
   const blocks: LlamaBlock[] = [];
   for (let i = 0; i < cfg.numLayers; i++) {
     const p = `model.layers.${i}`;
@@ -102,7 +104,7 @@ export function buildLlama(cfg: LlamaConfig, weights: ReadonlyMap<string, tf.Ten
     });
   }
   const finalNorm = w('model.norm.weight');
-  const lmHead = makeLinear('lm_head', cfg.tiedEmbeddings ? embed : w('lm_head.weight'), 'out_in', null);
+  const lmHead = makeLinear('lm_head', cfg.tiedEmbeddings ? embedTokens : requireMatrix(weights, 'lm_head.weight'), 'out_in', null);
   const linears = [...blocks.flatMap((b) => [b.q, b.k, b.v, b.o, b.gate, b.up, b.down]), lmHead];
   const invFreq = ropeInverseFrequencies(cfg);
   const { numHeads, numKvHeads, headDim, eps } = cfg;
@@ -110,24 +112,29 @@ export function buildLlama(cfg: LlamaConfig, weights: ReadonlyMap<string, tf.Ten
 
   return {
     linears,
-    forward(ids, linearOverride) {
-      const apply = linearOverride ?? applyLinear;
+    lmHead,
+    hidden(ids, apply, checkpointing) {
       const [batch, seq] = ids.shape;
-      let h = tf.gather(embed, ids.reshape([batch * seq])) as tf.Tensor2D;
-      const [cos, sin] = ropeTables(invFreq, seq);
+      let h = embed(embedTokens, ids.reshape([batch * seq]));
+      // The tables go to each block as context: a checkpointed block's recompute runs after this
+      // forward pass has freed them, and reads the copies its checkpoint kept.
+      const rope = ropeTables(invFreq, seq);
       for (const b of blocks) {
-        const x = rmsNorm(h, b.inputNorm, eps);
-        const q = applyRope(apply(b.q, x), batch, seq, headDim, cos, sin);
-        const k = applyRope(apply(b.k, x), batch, seq, headDim, cos, sin);
-        const qkv = tf.concat([q, k, apply(b.v, x)], 1) as tf.Tensor2D;
-        const attn = causalAttention(qkv, { ...attentionShape, batch, seq });
-        h = tf.add(h, apply(b.o, attn));
-        const y = rmsNorm(h, b.postAttnNorm, eps);
-        const gated = tf.mul(silu(apply(b.gate, y)), apply(b.up, y)) as tf.Tensor2D;
-        h = tf.add(h, apply(b.down, gated));
+        const block: BlockFn = (h0, apply, context) => {
+          const [cos, sin] = context as [tf.Tensor3D, tf.Tensor3D];
+          const x = rmsNorm(h0, b.inputNorm, eps);
+          const q = applyRope(apply(b.q, x), batch, seq, headDim, cos, sin);
+          const k = applyRope(apply(b.k, x), batch, seq, headDim, cos, sin);
+          const qkv = tf.concat([q, k, apply(b.v, x)], 1) as tf.Tensor2D;
+          const attn = causalAttention(qkv, { ...attentionShape, batch, seq });
+          const h1 = tf.add(h0, apply(b.o, attn)) as tf.Tensor2D;
+          const y = rmsNorm(h1, b.postAttnNorm, eps);
+          const gated = tf.mul(silu(apply(b.gate, y)), apply(b.up, y)) as tf.Tensor2D;
+          return tf.add(h1, apply(b.down, gated));
+        };
+        h = runBlock(block, h, { apply, linears: [b.q, b.k, b.v, b.o, b.gate, b.up, b.down], context: rope, checkpointing });
       }
-      const logits = apply(lmHead, rmsNorm(h, finalNorm, eps));
-      return logits.reshape([batch, seq, cfg.vocabSize]);
+      return rmsNorm(h, finalNorm, eps);
     },
   };
 }

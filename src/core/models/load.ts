@@ -3,21 +3,12 @@ import { UserError } from '../errors.js';
 import {
   readHeader,
   readTensorBytes,
-  toFloat32,
   type ByteSource,
-  type Dtype,
   type TensorEntry,
 } from '../safetensors/index.js';
 import type { ModelConfig } from './config.js';
 import { canonicalTensorName, checkTensors } from './manifest.js';
-
-/**
- * One stored tensor as a float32 tf.Tensor. Shared by every loader (safetensors files here, the
- * IndexedDB cache elsewhere), so half-precision checkpoints are widened the same way everywhere.
- */
-export function tensorFromBytes(dtype: Dtype, shape: readonly number[], bytes: Uint8Array): tf.Tensor {
-  return tf.tensor(toFloat32(dtype, bytes), [...shape], 'float32');
-}
+import { disposeWeights, FLOAT32_PLACEMENT, holdWeight, type HeldWeight, type WeightPlacement } from '../weights/hold.js';
 
 export interface LoadProgress {
   readonly loadedBytes: number;
@@ -26,18 +17,31 @@ export interface LoadProgress {
 
 export interface LoadOptions {
   readonly onProgress?: (p: LoadProgress) => void;
+  /** How the backend holds each weight (packed, quantized); float32 throughout by default. */
+  readonly placement?: WeightPlacement;
 }
 
 /**
- * Loads a checkpoint, possibly sharded over several files, into float32 tensors under canonical
- * names ready for buildModel. Every header is checked against config.json before any tensor data
- * is read, so a mismatched download fails in milliseconds instead of after gigabytes.
+ * Loads a checkpoint, possibly sharded over several files, into weights under canonical names ready
+ * for buildModel: float32 tensors, or packed matrices where `opts.placement` allows (without a
+ * placement, float32 tensors only). Every header is checked against config.json before any tensor
+ * data is read, so a mismatched download fails in milliseconds instead of after gigabytes.
  */
 export async function loadWeightsFromSafetensors(
   cfg: ModelConfig,
   sources: readonly ByteSource[],
+  opts?: LoadOptions & { placement?: undefined },
+): Promise<Map<string, tf.Tensor>>;
+export async function loadWeightsFromSafetensors(
+  cfg: ModelConfig,
+  sources: readonly ByteSource[],
+  opts?: LoadOptions,
+): Promise<Map<string, HeldWeight>>;
+export async function loadWeightsFromSafetensors(
+  cfg: ModelConfig,
+  sources: readonly ByteSource[],
   opts: LoadOptions = {},
-): Promise<Map<string, tf.Tensor>> {
+): Promise<Map<string, HeldWeight>> {
   if (sources.length === 0) {
     throw new UserError('model.safetensors', 'no weight files were given.', 'Add the model\'s .safetensors file(s).');
   }
@@ -56,16 +60,17 @@ export async function loadWeightsFromSafetensors(
 
   const totalBytes = planned.reduce((sum, p) => sum + (p.entry.end - p.entry.begin), 0);
   let loadedBytes = 0;
-  const weights = new Map<string, tf.Tensor>();
+  const weights = new Map<string, HeldWeight>();
+  const placement = opts.placement ?? FLOAT32_PLACEMENT;
   try {
     for (const { source, entry, name } of planned) {
       const bytes = await readTensorBytes(source, entry);
-      weights.set(name, tensorFromBytes(entry.dtype, entry.shape, bytes));
+      weights.set(name, holdWeight(cfg, name, entry.dtype, entry.shape, bytes, placement));
       loadedBytes += bytes.length;
       opts.onProgress?.({ loadedBytes, totalBytes });
     }
   } catch (e) {
-    for (const t of weights.values()) t.dispose();
+    disposeWeights(weights.values());
     throw e;
   }
   return weights;

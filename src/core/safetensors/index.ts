@@ -7,3 +7,4 @@ export { type Dtype, BYTES_PER_ELEMENT, toFloat32 } from './dtype';
 export { type ByteSource, bytesSource, blobSource } from './source';
 export { type TensorEntry, type SafetensorsHeader, readHeader, readTensorBytes } from './read';
 export { type TensorToWrite, writeSafetensors } from './write';
+export { FiniteScan, firstNonFinite } from './finite';

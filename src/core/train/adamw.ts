@@ -12,6 +12,12 @@ export interface AdamWOptions {
   readonly weightDecay?: number;
 }
 
+/** AdamW's state on the host (see AdamW.readState): the step count and, per variable in order, both moments. */
+export interface AdamWState {
+  readonly steps: number;
+  readonly moments: readonly { readonly m: Float32Array; readonly v: Float32Array }[];
+}
+
 /** An update computed by AdamW.prepare, not yet applied. */
 export interface PendingUpdate {
   /** 1 when every new parameter and moment value is finite, else 0. Released by commit/discard. */
@@ -130,6 +136,46 @@ export class AdamW {
         if (settle()) tf.dispose([...all, finiteCheck]);
       },
     };
+  }
+
+  /**
+   * The moments and step count, copied to the host: what a checkpoint needs so that a resumed run takes the
+   * same updates (the bias corrections depend on the step count, the update on both moments).
+   */
+  async readState(): Promise<AdamWState> {
+    if (this.disposed) throw new Error('AdamW used after dispose()');
+    const moments: { m: Float32Array; v: Float32Array }[] = [];
+    for (let i = 0; i < this.params.length; i++) {
+      // slice(): a backend may hand out its own buffer; the state must not alias it.
+      const m = ((await this.m[i]!.data()) as Float32Array).slice();
+      const v = ((await this.v[i]!.data()) as Float32Array).slice();
+      moments.push({ m, v });
+    }
+    return { steps: this.steps, moments };
+  }
+
+  /** Replaces the moments and step count with `state` (from readState), e.g. when resuming from a checkpoint. */
+  restoreState(state: AdamWState): void {
+    if (this.disposed) throw new Error('AdamW used after dispose()');
+    if (!Number.isInteger(state.steps) || state.steps < 0) throw new RangeError(`AdamW state: step count ${state.steps} is not a count`);
+    if (state.moments.length !== this.params.length) {
+      throw new Error(`AdamW state: moments for ${state.moments.length} variables, the optimizer has ${this.params.length}`);
+    }
+    // Checked before anything is assigned, so a bad state leaves the optimizer as it was.
+    state.moments.forEach(({ m, v }, i) => {
+      const size = this.params[i]!.size;
+      if (m.length !== size || v.length !== size) {
+        throw new Error(`AdamW state: variable ${i} has ${size} values, its moments ${m.length} and ${v.length}`);
+      }
+    });
+    state.moments.forEach(({ m, v }, i) => {
+      const shape = this.params[i]!.shape;
+      tf.tidy(() => {
+        this.m[i]!.assign(tf.tensor(m, shape, 'float32'));
+        this.v[i]!.assign(tf.tensor(v, shape, 'float32'));
+      });
+    });
+    this.steps = state.steps;
   }
 
   /** Releases the moment variables; the parameters stay the caller's. */

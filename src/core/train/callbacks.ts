@@ -1,4 +1,5 @@
-import type { StepMetrics, StopRequest, TrainEnd, TrainerCallbacks } from './trainer.js';
+import type { TrainerCheckpoint } from './checkpoint.js';
+import type { CheckpointReason, SkippedUpdate, StepMetrics, StopRequest, TrainEnd, TrainerCallbacks } from './trainer.js';
 
 /**
  * Several callback sets as one. Each hook runs the sets in order and awaits each; the first stop
@@ -16,9 +17,11 @@ export function composeCallbacks(...sets: readonly TrainerCallbacks[]): TrainerC
   };
   return {
     onStepEnd: (m: StepMetrics) => each((c, a: StepMetrics) => c.onStepEnd?.(a), m),
+    onSkip: (s: SkippedUpdate) => each((c, a: SkippedUpdate) => c.onSkip?.(a), s),
     onLog: (m: StepMetrics & { meanLoss: number }) => each((c, a: StepMetrics & { meanLoss: number }) => c.onLog?.(a), m),
     onEval: (e: { step: number; loss: number }) => each((c, a: { step: number; loss: number }) => c.onEval?.(a), e),
     onSave: (s: { step: number }) => each((c, a: { step: number }) => c.onSave?.(a), s),
+    onCheckpoint: (ck: TrainerCheckpoint, reason: CheckpointReason) => each((c, a: TrainerCheckpoint) => c.onCheckpoint?.(a, reason), ck),
     onTrainEnd: async (r: TrainEnd) => {
       for (const set of sets) await set.onTrainEnd?.(r);
     },

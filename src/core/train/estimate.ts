@@ -1,12 +1,15 @@
 import type { Gpt2Config, LlamaConfig, ModelConfig } from '../models/config.js';
+import { logitsChunkRows } from '../models/loss-chunks.js';
 import { expectedTensors } from '../models/manifest.js';
+import type { Dtype } from '../safetensors/dtype.js';
+import { BASE_QUANTIZATIONS, FLOAT32_PLACEMENT, heldBytes, heldFormat, outputChannelAxis, type BaseQuantization, type WeightPlacement } from '../weights/holding.js';
 
 /**
  * What a LoRA run will need, worked out from the settings alone before anything is loaded, so the
  * UI can show it (and warn) before a run starts. Pure arithmetic: no tfjs, no DOM.
  *
- * Every tensor is float32 on the device (the loader converts f16/bf16 checkpoints), so bytes are
- * 4 × elements throughout.
+ * Every tensor is float32 on the device but the frozen base weights, which are held as
+ * weights/holding.ts decides (packed BF16/F16, int8, NF4 on webgpu), so bytes are 4 × elements elsewhere.
  */
 
 const F32 = 4;
@@ -16,7 +19,7 @@ const MEMORY_HIGH_FRACTION = 0.8;
 /** lora_rank is worth naming in a memory warning only when the adapter and its optimizer state are a real share of it. */
 const ADAPTER_SHARE_WORTH_NAMING = 0.25;
 
-export type EstimateWarningCode = 'buffer_too_large' | 'memory_high' | 'seq_len_too_long' | 'no_windows';
+export type EstimateWarningCode = 'buffer_too_large' | 'memory_high' | 'seq_len_too_long' | 'no_windows' | 'wasm_memory';
 
 export interface EstimateWarning {
   readonly code: EstimateWarningCode;
@@ -30,7 +33,7 @@ export interface RunEstimate {
   /** Distinct base-model parameters (a tied output head counted once, as it is one tensor). */
   readonly baseParameters: number;
   readonly memory: {
-    /** Base weights, float32 on the device. */
+    /** Base weights as the backend holds them (see `weights` in the input). */
     readonly weightsBytes: number;
     /** LoRA A and B, float32. */
     readonly loraBytes: number;
@@ -48,15 +51,28 @@ export interface RunEstimate {
   readonly largestBufferBytes: number;
   /** What that tensor is, in words with its shape, e.g. "logits [batch·seq_len, vocab]". */
   readonly largestBufferName: string;
+  /** The largest base-model weight, float32 (often the token embedding). */
+  readonly largestWeightBytes: number;
   readonly warnings: readonly EstimateWarning[];
   /** Training time from a measured throughput, evaluation excluded; null without one (or without any window). */
   readonly secondsEstimate: number | null;
+  /**
+   * gradient_checkpointing: whether the run has it on; the activations with it on (what turning it on
+   * would leave of `memory.activationsBytes`); and whether the estimate recommends turning it on: it
+   * is off, the run would not fit the memory it has (memory_high, or wasm's limit), and it would help.
+   */
+  readonly gradientCheckpointing: { readonly enabled: boolean; readonly activationsBytes: number; readonly recommended: boolean };
+  /** The base weights' bytes under each base_quantization on this backend: what each choice costs and saves. */
+  readonly weightsBytesByQuantization: Readonly<Record<BaseQuantization, number>>;
 }
 
 export interface RunEstimateInput {
   readonly model: ModelConfig;
-  /** The projections LoRA will wrap (after target_modules is resolved). */
-  readonly targets: readonly { readonly inFeatures: number; readonly outFeatures: number }[];
+  /**
+   * The projections LoRA will wrap (after target_modules is resolved). `path` matters only for
+   * `lm_head`: a trained head takes the loss's logits whole rather than in chunks.
+   */
+  readonly targets: readonly { readonly path?: string; readonly inFeatures: number; readonly outFeatures: number }[];
   readonly rank: number;
   readonly batchSize: number;
   readonly gradAccumSteps: number;
@@ -73,8 +89,17 @@ export interface RunEstimateInput {
    * false: the stock-op composition that the wasm backend runs.
    */
   readonly fusedKernels?: boolean;
+  /**
+   * How the base weights are stored (the checkpoint's dtype) and will be held (weights/holding.ts).
+   * Default: float32 throughout, as on wasm.
+   */
+  readonly weights?: { readonly storedDtype: Dtype; readonly placement: WeightPlacement } | null;
+  /** The run config's gradient_checkpointing: each block recomputed in the backward pass. Default false. */
+  readonly gradientCheckpointing?: boolean;
   /** Memory the run may use, if the caller knows it; enables the memory_high warning. */
   readonly deviceMemoryBytes?: number | null;
+  /** The run trains on WebAssembly with at most this much memory (WASM_MEMORY_LIMIT_BYTES): enables the wasm_memory warning. */
+  readonly wasmMemoryLimitBytes?: number | null;
   /** A measured training throughput (input tokens per second), e.g. from a previous run on this device. */
   readonly tokensPerSecond?: number | null;
 }
@@ -83,6 +108,8 @@ export function estimateRun(input: RunEstimateInput): RunEstimate {
   checkInput(input);
   const { model, targets, rank, batchSize, seqLen } = input;
   const fused = input.fusedKernels ?? false;
+  const checkpointing = input.gradientCheckpointing ?? false;
+  const headTrained = targets.some((t) => t.path === 'lm_head');
 
   const trainableParameters = targets.reduce((n, t) => n + rank * (t.inFeatures + t.outFeatures), 0);
   const weightShapes = [...expectedTensors(model)];
@@ -90,13 +117,24 @@ export function estimateRun(input: RunEstimateInput): RunEstimate {
 
   const steps = stepCounts(input);
 
-  const weightsBytes = baseParameters * F32;
+  const storedDtype = input.weights?.storedDtype ?? 'F32';
+  const placement = input.weights?.placement ?? FLOAT32_PLACEMENT;
+  const weightsBytesAs = (p: WeightPlacement) =>
+    weightShapes.reduce((n, [name, shape]) => n + heldBytes(heldFormat(name, storedDtype, shape, p), shape, outputChannelAxis(model.arch)), 0);
+  const weightsBytes = weightsBytesAs(placement);
+  const weightsBytesByQuantization = Object.fromEntries(
+    BASE_QUANTIZATIONS.map((quantization) => [quantization, weightsBytesAs({ ...placement, quantization })]),
+  ) as Record<BaseQuantization, number>;
   const loraBytes = trainableParameters * F32;
   const optimizerBytes = 2 * trainableParameters * F32;
-  const activationsBytes = activationBytes(model, targets, rank, batchSize, seqLen, trainableParameters, fused);
+  const activationsAt = (ckpt: boolean) =>
+    activationBytes(model, targets, rank, batchSize, seqLen, trainableParameters, { fused, checkpointing: ckpt, headTrained });
+  const activationsBytes = activationsAt(checkpointing);
+  const checkpointedBytes = activationsAt(true);
   const totalBytes = weightsBytes + loraBytes + optimizerBytes + activationsBytes;
 
-  const buffers = [...weightBuffers(model, weightShapes), ...activationBuffers(model, batchSize, seqLen, fused)];
+  const [largestWeight] = weightBuffers(model, weightShapes, storedDtype, placement);
+  const buffers = [largestWeight!, ...activationBuffers(model, batchSize, seqLen, fused, headTrained)];
   const largest = buffers.reduce((a, b) => (b.bytes > a.bytes ? b : a));
 
   const warnings: EstimateWarning[] = [];
@@ -109,17 +147,29 @@ export function estimateRun(input: RunEstimateInput): RunEstimate {
         `windows that long. Set seq_len to ${model.maxPositions} or less.`,
     });
   }
-  if (input.limits) warnings.push(...bufferWarnings(model, batchSize, seqLen, fused, buffers, input.limits));
-  if (input.deviceMemoryBytes != null && input.deviceMemoryBytes > 0 && totalBytes > MEMORY_HIGH_FRACTION * input.deviceMemoryBytes) {
+  if (input.limits) warnings.push(...bufferWarnings(model, batchSize, seqLen, fused, headTrained, buffers, input.limits));
+  const memoryHigh = input.deviceMemoryBytes != null && input.deviceMemoryBytes > 0 && totalBytes > MEMORY_HIGH_FRACTION * input.deviceMemoryBytes;
+  const memory = { weightsBytes, loraBytes, optimizerBytes, activationsBytes, totalBytes };
+  const wasmProblem = input.wasmMemoryLimitBytes != null ? wasmMemoryProblem({ memory, largestWeightBytes: largestWeight!.bytes }, input.wasmMemoryLimitBytes) : null;
+  const overWasm = wasmProblem !== null;
+  const gradientCheckpointing = {
+    enabled: checkpointing,
+    activationsBytes: checkpointedBytes,
+    recommended: !checkpointing && (memoryHigh || overWasm) && checkpointedBytes < activationsBytes,
+  };
+  if (memoryHigh) {
     warnings.push(
       memoryWarning(
         { weightsBytes, loraBytes, optimizerBytes, activationsBytes, totalBytes },
-        input.deviceMemoryBytes,
+        input.deviceMemoryBytes!,
         batchSize,
         seqLen,
+        gradientCheckpointing,
       ),
     );
   }
+
+  if (wasmProblem) warnings.push({ code: 'wasm_memory', message: `This run ${wasmProblem.problem} ${wasmProblem.fix}` });
 
   const tps = input.tokensPerSecond;
   const secondsEstimate =
@@ -134,8 +184,11 @@ export function estimateRun(input: RunEstimateInput): RunEstimate {
     totalSteps: steps.totalSteps,
     largestBufferBytes: largest.bytes,
     largestBufferName: largest.name,
+    largestWeightBytes: largestWeight!.bytes,
     warnings,
     secondsEstimate,
+    gradientCheckpointing,
+    weightsBytesByQuantization,
   };
 }
 
@@ -189,25 +242,40 @@ function stepCounts(i: RunEstimateInput): { windows: number; stepsPerEpoch: numb
 /**
  * Peak device memory of one training micro-batch beyond the weights, the adapter and AdamW's state.
  *
- * Why the peak is about twice the forward pass: tfjs has no activation checkpointing.
- * tf.variableGrads runs the forward inside a tidy that keeps every tensor some op's gradient saved
- * (nearly all of them), then walks the tape backwards keeping the gradient of every tensor between
- * the LoRA variables and the loss in one map; the saved tensors and all those gradients are
- * released together only when the backward pass ends. So at its end roughly every intermediate
- * of the forward is alive twice: its value and its gradient (`F` below, counted once each).
+ * Why the peak is about twice the forward pass: tf.variableGrads runs the forward inside a tidy that
+ * keeps every tensor some op's gradient saved (nearly all of them), then walks the tape backwards
+ * keeping the gradient of every tensor between the LoRA variables and the loss in one map; the saved
+ * tensors and all those gradients are released together only when the backward pass ends. So at its
+ * end roughly every intermediate of the forward is alive twice: its value and its gradient (`F`
+ * below, counted once each).
  *
- *   peak = F + max(F + 2·M, L·T·V) + 2·P
+ *   peak = F + max(F + 2·M, G) + 2·P
  *
- *   F      elements of every tensor the forward creates (see forwardFloats: per layer the hidden
+ *   F      elements of every tensor the forward keeps (see modelFloats: per layer the hidden
  *          states, norms, q/k/v and their head layouts, attention scores, masked scores and probs
  *          [batch, heads, seq, seq], the MLP intermediate and its activation, the LoRA branch;
- *          then the final norm, the logits [tokens, vocab], inputs and per-token loss values).
+ *          then the final norm, the logits [tokens, vocab] unless the loss takes them in chunks,
+ *          inputs and per-token loss values).
  *   2·M    the temporaries of one gradient function while it runs (softmax's backward makes two
  *          tensors the size of its input), M being the largest intermediate.
- *   L·T·V  the loss gradient, computed first, when only the forward is alive: with stock ops (L = 5)
- *          softmax, one-hot, its float copy, the difference and the scaled result, all [tokens, vocab];
- *          with the fused kernels (L = 1) the one gradient the cross-entropy kernel writes.
+ *   G      the loss gradient, computed first, when only the forward is alive. Whole logits: L·T·V,
+ *          with stock ops (L = 5) softmax, one-hot, its float copy, the difference and the scaled
+ *          result, all [tokens, vocab]; with the fused kernels (L = 1) the one gradient the
+ *          cross-entropy kernel writes. In chunks of R tokens (models/loss.ts; whenever the whole
+ *          logits would pass LOGITS_CHUNK_BYTES and the head is not trained): one chunk's logits
+ *          computed again and their L gradients, (1 + L)·R·V, and the hidden states' gradient
+ *          gathered from the chunks, 2·T·H.
  *   2·P    the LoRA gradients of this micro-batch and the running sum over gradient accumulation.
+ *
+ * With gradient_checkpointing each block keeps only its input, and its backward runs the block
+ * again, its saved tensors and gradients freed when it is done:
+ *
+ *   peak = K + max(K + 2·B + 2·M, G) + 2·P
+ *
+ *   K      what the forward keeps: everything outside the blocks (embeddings, final norm, logits
+ *          when whole, loss values) and the blocks' inputs, layers·T·H.
+ *   2·B    one block recomputed (B: the elements its forward makes, its LoRA branch included) and
+ *          its gradients.
  *
  * It is an upper-ish bound: a few forward tensors are saved by no one and freed early, and tensors
  * before the first LoRA target get no gradient. A Node check against tfjs's cpu backend
@@ -225,14 +293,38 @@ function activationBytes(
   batch: number,
   seq: number,
   loraParams: number,
-  fused: boolean,
+  how: { readonly fused: boolean; readonly checkpointing: boolean; readonly headTrained: boolean },
 ): number {
   const T = batch * seq;
-  const F = forwardFloats(model, targets, rank, batch, seq, fused);
-  const M = Math.max(...activationBuffers(model, batch, seq, fused).map((b) => b.bytes / F32));
-  const lossGradients = fused ? 1 : 5;
-  const backwardPeak = F + Math.max(F + 2 * M, lossGradients * T * model.vocabSize) + 2 * loraParams;
-  return Math.max(backwardPeak, 5 * loraParams) * F32;
+  const V = model.vocabSize;
+  const rows = lossChunkRows(model, T, how.headTrained);
+  const { outside, perLayer } = modelFloats(model, batch, seq, how.fused);
+  // The LoRA branch per target, the base projection itself being counted with the model. Stock ops:
+  // x·Aᵀ and its scaled copy [T, r], (x·Aᵀ)·Bᵀ and its sum with the base output [T, out]. Fused: only
+  // x·Aᵀ [T, r], the term being added in the base matmul's epilogue.
+  const loraBranch = targets.reduce((n, t) => n + (how.fused ? T * rank : 2 * T * rank + 2 * T * t.outFeatures), 0);
+  // The batch's ids, targets and mask, and the loss's per-token values (flat targets, weights,
+  // row max, log-sum-exp, picked logit, losses): small next to the rest.
+  const inputsAndLoss = 10 * T;
+  const logits = rows < T ? 0 : T * V;
+  const lossGradients = how.fused ? 1 : 5;
+  const G = rows < T ? (1 + lossGradients) * rows * V + 2 * T * model.hiddenSize : lossGradients * T * V;
+  const M = Math.max(...activationBuffers(model, batch, seq, how.fused, how.headTrained).map((b) => b.bytes / F32));
+  let peak: number;
+  if (how.checkpointing) {
+    const K = outside + model.numLayers * T * model.hiddenSize + inputsAndLoss + logits;
+    const B = perLayer + loraBranch / model.numLayers;
+    peak = K + Math.max(K + 2 * B + 2 * M, G) + 2 * loraParams;
+  } else {
+    const F = outside + model.numLayers * perLayer + loraBranch + inputsAndLoss + logits;
+    peak = F + Math.max(F + 2 * M, G) + 2 * loraParams;
+  }
+  return Math.max(peak, 5 * loraParams) * F32;
+}
+
+/** Tokens per chunk of the loss's logits (models/loss.ts): all of them when the head is trained or they fit one chunk. */
+function lossChunkRows(model: ModelConfig, tokens: number, headTrained: boolean): number {
+  return headTrained ? tokens : Math.min(tokens, logitsChunkRows(model.vocabSize));
 }
 
 /** Elementwise ops per element of the MLP intermediate for each GPT-2 activation, as ops.ts writes them. */
@@ -244,31 +336,16 @@ const GPT2_ACTIVATION_OPS: Readonly<Record<Gpt2Config['activation'], number>> = 
 };
 
 /**
- * Elements of every tensor one forward pass creates, loss included, at batch × seq (T tokens).
+ * Elements of every tensor one forward pass of the model creates at batch × seq (T tokens), LoRA and
+ * loss aside: `perLayer` in each transformer block, `outside` the rest up to the final norm.
  * Reshapes share their input's buffer and are not counted; transposes, slices and concats copy and are.
  * [T, 1] row statistics of the norms are counted too, though they hardly matter.
  */
-function forwardFloats(
-  model: ModelConfig,
-  targets: RunEstimateInput['targets'],
-  rank: number,
-  batch: number,
-  seq: number,
-  fused: boolean,
-): number {
-  const T = batch * seq;
-  // The LoRA branch per target, the base projection itself being counted with the model. Stock ops:
-  // x·Aᵀ and its scaled copy [T, r], (x·Aᵀ)·Bᵀ and its sum with the base output [T, out]. Fused: only
-  // x·Aᵀ [T, r], the term being added in the base matmul's epilogue.
-  const loraBranch = targets.reduce((n, t) => n + (fused ? T * rank : 2 * T * rank + 2 * T * t.outFeatures), 0);
-  // The batch's ids, targets and mask, and the loss's per-token values (flat targets, weights,
-  // row max, log-sum-exp, picked logit, losses): small next to the rest.
-  const inputsAndLoss = 10 * T;
-  const body = model.arch === 'gpt2' ? gpt2Floats(model, batch, seq, fused) : llamaFloats(model, batch, seq, fused);
-  return body + loraBranch + inputsAndLoss + T * model.vocabSize /* logits */;
+function modelFloats(model: ModelConfig, batch: number, seq: number, fused: boolean): { outside: number; perLayer: number } {
+  return model.arch === 'gpt2' ? gpt2Floats(model, batch, seq, fused) : llamaFloats(model, batch, seq, fused);
 }
 
-function gpt2Floats(c: Gpt2Config, batch: number, seq: number, fused: boolean): number {
+function gpt2Floats(c: Gpt2Config, batch: number, seq: number, fused: boolean): { outside: number; perLayer: number } {
   const T = batch * seq;
   const H = c.hiddenSize;
   const embeddings = T * H /* wte rows */ + seq * H /* wpe rows */ + T * H; /* their sum */
@@ -284,7 +361,7 @@ function gpt2Floats(c: Gpt2Config, batch: number, seq: number, fused: boolean): 
       2 * T * c.intermediateSize + // c_fc, activation
       T * H + // mlp c_proj
       2 * T * H; // two residual adds
-    return embeddings + c.numLayers * perLayer + T * H /* ln_f */;
+    return { outside: embeddings + T * H /* ln_f */, perLayer };
   }
   const scores = batch * c.numHeads * seq * seq;
   // layerNorm: x − mean, its square, ·rsqrt, ·weight, +bias → 5 [T, H] (+ 4 [T, 1] statistics).
@@ -301,10 +378,10 @@ function gpt2Floats(c: Gpt2Config, batch: number, seq: number, fused: boolean): 
     2 * T * H + // two residual adds
     (2 + GPT2_ACTIVATION_OPS[c.activation]) * T * c.intermediateSize; // c_fc, +bias, activation
   const mask = 5 * seq * seq; // distance, comparison, zeros, fill, where
-  return embeddings + mask + c.numLayers * perLayer + norm /* ln_f */;
+  return { outside: embeddings + mask + norm /* ln_f */, perLayer };
 }
 
-function llamaFloats(c: LlamaConfig, batch: number, seq: number, fused: boolean): number {
+function llamaFloats(c: LlamaConfig, batch: number, seq: number, fused: boolean): { outside: number; perLayer: number } {
   const T = batch * seq;
   const H = c.hiddenSize;
   const I = c.intermediateSize;
@@ -327,7 +404,7 @@ function llamaFloats(c: LlamaConfig, batch: number, seq: number, fused: boolean)
       4 * T * I + // gate, up, silu(gate), silu·up
       T * H + // down_proj
       2 * T * H; // two residual adds
-    return embeddings + c.numLayers * perLayer + T * H /* final norm */;
+    return { outside: embeddings + T * H /* final norm */, perLayer };
   }
   // Grouped-query attention stacks a kv head's query heads along the sequence, so the scores have
   // batch · heads · seq · seq elements whatever the kv head count.
@@ -350,7 +427,7 @@ function llamaFloats(c: LlamaConfig, batch: number, seq: number, fused: boolean)
     (c.attentionOutputBias ? T * H : 0) +
     (c.mlpBias ? T * (2 * I + H) : 0);
   const mask = (c.slidingWindow === null ? 5 : 7) * seq * seq;
-  return embeddings + mask + c.numLayers * perLayer + norm /* final norm */;
+  return { outside: embeddings + mask + norm /* final norm */, perLayer };
 }
 
 // ─── Largest buffers ──────────────────────────────────────────────────────────────────────────────
@@ -366,11 +443,14 @@ interface Buffer {
  * The biggest activations, each one tensor in one GPU buffer. Every one is bound whole as a
  * storage buffer by some kernel, so each must fit maxStorageBufferBindingSize (and maxBufferSize).
  */
-function activationBuffers(model: ModelConfig, batch: number, seq: number, fused: boolean): Buffer[] {
+function activationBuffers(model: ModelConfig, batch: number, seq: number, fused: boolean, headTrained: boolean): Buffer[] {
   const T = batch * seq;
+  const rows = lossChunkRows(model, T, headTrained);
   const out: Buffer[] = [
     // The loss gradient makes several more of this size: softmax, one-hot, difference (stock ops).
-    { name: 'logits [batch·seq_len, vocab]', bytes: T * model.vocabSize * F32, kind: 'activation' },
+    rows < T
+      ? { name: `logits of one loss chunk [${rows} tokens, vocab]`, bytes: rows * model.vocabSize * F32, kind: 'activation' }
+      : { name: 'logits [batch·seq_len, vocab]', bytes: T * model.vocabSize * F32, kind: 'activation' },
     { name: 'MLP activations [batch·seq_len, intermediate]', bytes: T * model.intermediateSize * F32, kind: 'activation' },
   ];
   if (fused) {
@@ -386,7 +466,7 @@ function activationBuffers(model: ModelConfig, batch: number, seq: number, fused
   return out;
 }
 
-function weightBuffers(model: ModelConfig, shapes: readonly (readonly [string, number[]])[]): Buffer[] {
+function weightBuffers(model: ModelConfig, shapes: readonly (readonly [string, number[]])[], dtype: Dtype, placement: WeightPlacement): Buffer[] {
   const largest = shapes.reduce((a, b) => (elements(b[1]) > elements(a[1]) ? b : a));
   const [name, shape] = largest;
   const isEmbedding = name === 'transformer.wte.weight' || name === 'model.embed_tokens.weight';
@@ -396,7 +476,10 @@ function weightBuffers(model: ModelConfig, shapes: readonly (readonly [string, n
     : isHead
       ? 'output head [vocab, hidden]'
       : `weight ${name} [${shape.join(', ')}]`;
-  return [{ name: words, bytes: elements(shape) * F32, kind: 'weight' }];
+  // Packed words and their scales are separate buffers; the words are the larger.
+  const format = heldFormat(name, dtype, shape, placement);
+  const perWord = format === 'f32' ? 1 : format === 'nf4' ? 8 : format === 'int8' ? 4 : 2;
+  return [{ name: words, bytes: Math.ceil(elements(shape) / perWord) * F32, kind: 'weight' }];
 }
 
 function bufferWarnings(
@@ -404,6 +487,7 @@ function bufferWarnings(
   batch: number,
   seq: number,
   fused: boolean,
+  headTrained: boolean,
   buffers: readonly Buffer[],
   limits: NonNullable<RunEstimateInput['limits']>,
 ): EstimateWarning[] {
@@ -412,7 +496,8 @@ function bufferWarnings(
   const limitWords = `this GPU's limit for one buffer (${formatBytes(limit)}, its ${bindingIsLower ? 'maxStorageBufferBindingSize' : 'maxBufferSize'})`;
   const warnings: EstimateWarning[] = [];
 
-  const weight = buffers.filter((b) => b.kind === 'weight' && b.bytes > limit);
+  // LoRA Lab's kernels read a weight past the limit as row blocks (weights/row-blocks.ts); stock ops cannot.
+  const weight = fused ? [] : buffers.filter((b) => b.kind === 'weight' && b.bytes > limit);
   for (const w of weight) {
     warnings.push({
       code: 'buffer_too_large',
@@ -425,10 +510,15 @@ function bufferWarnings(
   const activation = buffers.filter((b) => b.kind === 'activation' && b.bytes > limit);
   if (activation.length > 0) {
     const worst = activation.reduce((a, b) => (b.bytes > a.bytes ? b : a));
-    const fits = (b: number, s: number): boolean => activationBuffers(model, b, s, fused).every((x) => x.bytes <= limit);
-    // Every activation buffer grows linearly with batch, so the largest batch that fits is direct.
-    const perWindow = Math.max(...activationBuffers(model, 1, seq, fused).map((x) => x.bytes));
-    const maxBatch = Math.floor(limit / perWindow);
+    const fits = (b: number, s: number): boolean => activationBuffers(model, b, s, fused, headTrained).every((x) => x.bytes <= limit);
+    // The largest batch that fits (fits is monotone in batch; a loss chunk's logits stop growing at
+    // their cap, so this is a search rather than limit / per-window bytes).
+    let maxBatch = 0;
+    for (let hi = batch - 1; maxBatch < hi; ) {
+      const mid = Math.ceil((maxBatch + hi) / 2);
+      if (fits(mid, seq)) maxBatch = mid;
+      else hi = mid - 1;
+    }
     let fix: string;
     if (maxBatch >= 1) {
       fix =
@@ -473,7 +563,13 @@ function noWindowsWarning(trainTokens: number, seqLen: number): EstimateWarning 
   };
 }
 
-function memoryWarning(m: RunEstimate['memory'], device: number, batch: number, seq: number): EstimateWarning {
+function memoryWarning(
+  m: RunEstimate['memory'],
+  device: number,
+  batch: number,
+  seq: number,
+  checkpointing: RunEstimate['gradientCheckpointing'],
+): EstimateWarning {
   const over = m.totalBytes > device;
   const parts =
     `weights ${formatBytes(m.weightsBytes)}, activations ${formatBytes(m.activationsBytes)}, ` +
@@ -482,6 +578,13 @@ function memoryWarning(m: RunEstimate['memory'], device: number, batch: number, 
   if (m.weightsBytes > MEMORY_HIGH_FRACTION * device) {
     fixes.push(`The model's weights alone need ${formatBytes(m.weightsBytes)}: choose a smaller model.`);
   } else {
+    if (checkpointing.recommended) {
+      fixes.push(
+        `Set gradient_checkpointing: true to recompute each block in the backward pass instead of keeping its ` +
+          `activations: about ${formatBytes(checkpointing.activationsBytes)} of activations instead of ` +
+          `${formatBytes(m.activationsBytes)}, for about a third more compute.`,
+      );
+    }
     fixes.push(
       `Activations grow with batch_size (now ${batch}) and with seq_len (now ${seq}; attention grows with its square): ` +
         'lower batch_size and raise grad_accum_steps to keep the same number of sequences per step, or lower seq_len.',
@@ -495,6 +598,65 @@ function memoryWarning(m: RunEstimate['memory'], device: number, batch: number, 
     message:
       `This run needs about ${formatBytes(m.totalBytes)} (${parts}), ${over ? 'more than' : 'close to'} the ` +
       `${formatBytes(device)} available. ${fixes.join(' ')}`,
+  };
+}
+
+// ─── WebAssembly memory ───────────────────────────────────────────────────────────────────────────
+
+/**
+ * The most memory tfjs-backend-wasm can grow to. Its single-threaded builds (the one LoRA Lab runs:
+ * tfjs-backend-wasm-simd.wasm, or the plain one) declare a maximum of 65536 pages of 64 KiB, 4 GiB, and
+ * emscripten's heap stops one page short of that (getHeapMax() = 4294901760). Past it an allocation
+ * fails and the module aborts or writes out of bounds, taking the backend with it.
+ */
+export const WASM_MEMORY_LIMIT_BYTES = 4 * 1024 ** 3 - 64 * 1024;
+
+/**
+ * Fragmentation of the wasm heap (one malloc for everything, blocks of a hundred megabytes freed out
+ * of order); measured heaps came to 1.03–1.11× the sum below, which this covers with room.
+ */
+const WASM_HEAP_SLACK = 1.2;
+
+/**
+ * Memory a run needs on wasm, where every weight is float32: the tensors the estimate counts, plus
+ * what tfjs-backend-wasm keeps beside them, as measured on SmolLM2-135M and GPT-2 124M shapes
+ * (tests/browser/wasm-memory.test.ts):
+ *   weightsBytes        XNNPACK, which multiplies there, packs the right-hand matrix of a product into
+ *                       its own layout and caches that copy for as long as the matrix lives, so a
+ *                       frozen weight multiplied untransposed (GPT-2's forward, any backward dx = dy·W)
+ *                       is held twice;
+ *   2·largest weight    a product with a transposed weight (x·Wᵀ, the tied output head) transposes it
+ *                       into a scratch copy that XNNPACK packs again (kernels/wasm_matmul.ts);
+ * and a fifth more for the heap's fragmentation.
+ */
+export function wasmMemoryBytes(estimate: Pick<RunEstimate, 'memory' | 'largestWeightBytes'>): number {
+  const m = estimate.memory;
+  return Math.ceil(WASM_HEAP_SLACK * (m.totalBytes + m.weightsBytes + 2 * estimate.largestWeightBytes));
+}
+
+/**
+ * Why a run cannot fit wasm's memory, in words that name the size needed and the limit, or null when
+ * it fits. `problem` follows a subject such as "This run"; `fix` says what to change.
+ */
+export function wasmMemoryProblem(
+  estimate: Pick<RunEstimate, 'memory' | 'largestWeightBytes'>,
+  limitBytes: number = WASM_MEMORY_LIMIT_BYTES,
+): { problem: string; fix: string } | null {
+  const need = wasmMemoryBytes(estimate);
+  if (need <= limitBytes) return null;
+  const m = estimate.memory;
+  const withoutActivations = wasmMemoryBytes({ ...estimate, memory: { ...m, activationsBytes: 0, totalBytes: m.totalBytes - m.activationsBytes } });
+  const limit = formatBytes(Math.ceil(limitBytes / 65536) * 65536).replace(/\.0 /, ' '); // 4 GiB, not 4.0 GiB less a page
+  const problem = `needs about ${formatBytes(need)} on WebAssembly, which holds at most ${limit}`;
+  if (withoutActivations > limitBytes) {
+    return {
+      problem: `${problem}: the model's float32 weights alone take ${formatBytes(m.weightsBytes)} there, and about twice that in use.`,
+      fix: 'Use WebGPU, or a smaller model.',
+    };
+  }
+  return {
+    problem: `${problem}.`,
+    fix: 'Lower batch_size or seq_len (raise grad_accum_steps to keep the same number of sequences per step), or use WebGPU.',
   };
 }
 

@@ -8,3 +8,5 @@ export * from './trainer.js';
 export * from './estimate.js';
 export * from './custom-metrics.js';
 export * from './callbacks.js';
+export * from './checkpoint.js';
+export * from './checkpoint-codec.js';

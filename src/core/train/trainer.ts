@@ -3,6 +3,16 @@ import { batchOrder, type WindowSet } from '../data/packing.js';
 import { UserError } from '../errors.js';
 import { AdamW, type PendingUpdate } from './adamw.js';
 import { disposeBatch, uploadBatch, type EvalLossFn, type LossContext, type LossFn } from './batch.js';
+import {
+  checkResumable,
+  readParams,
+  restoreParams,
+  windowsFingerprint,
+  type BestEval,
+  type DataPosition,
+  type TrainerCheckpoint,
+  type TrainingPlan,
+} from './checkpoint.js';
 import { clipByGlobalNorm } from './clip.js';
 import { evaluate } from './evaluate.js';
 import { learningRateAt, type Scheduler } from './schedule.js';
@@ -12,7 +22,7 @@ export interface StepMetrics {
   readonly step: number;
   /** Fractional epochs done, like HF's train/epoch (micro-batches done / micro-batches per epoch). */
   readonly epoch: number;
-  /** Mean loss of the step's micro-batches. */
+  /** Loss of the step: the mean over every unmasked target of its micro-batches (token-weighted, as HF's Trainer). */
   readonly loss: number;
   /** The learning rate this step was taken with. */
   readonly learningRate: number;
@@ -22,7 +32,33 @@ export interface StepMetrics {
   readonly tokensPerSecond: number;
   /** Estimated from the mean step time so far; excludes evaluation and paused time. */
   readonly secondsLeft: number;
+  /** Updates skipped so far because a loss or gradient was not finite (see SkippedUpdate); 0 in a healthy run. */
+  readonly skippedSteps: number;
 }
+
+/**
+ * One update the trainer skipped because the loss, the gradient norm or the update itself was not finite. The
+ * variables and the optimizer state stay as they were, the step counter does not move (the next try is the same
+ * step, with the schedule's same learning rate) and the data moves on, so one bad batch is passed over rather than
+ * retried forever. MAX_SKIPPED_IN_ROW in a row end the run as 'diverged'.
+ */
+export interface SkippedUpdate {
+  /** The step the update would have been (1-based): optimizer steps applied before it + 1. */
+  readonly step: number;
+  /** What was not finite, in words, e.g. "the loss was NaN". */
+  readonly problem: string;
+  /** Skipped so far in the run, this one included. */
+  readonly skippedSteps: number;
+  /** Skipped in a row, this one included; an applied update resets it. */
+  readonly inRow: number;
+}
+
+/**
+ * Skipped updates in a row that end the run as 'diverged'. One non-finite batch can be bad luck (an odd text, an
+ * overflow in one micro-batch) and is worth passing over; five in a row mean the weights or the learning rate are
+ * what is wrong, and more tries would only burn time. The diagnosis's divergeSkippedInRow is the same number.
+ */
+export const MAX_SKIPPED_IN_ROW = 5;
 
 export type EndReason = 'completed' | 'stopped' | 'diverged' | 'early_stopped';
 export type StopReason = Exclude<EndReason, 'completed'>;
@@ -33,6 +69,8 @@ export interface TrainEnd {
   readonly reason: EndReason;
   /** Why it ended when that is not obvious, e.g. which value was not finite. */
   readonly detail?: string;
+  /** Updates skipped over the whole run (see SkippedUpdate); absent when there were none. */
+  readonly skippedSteps?: number;
 }
 
 /**
@@ -45,20 +83,31 @@ export interface StopRequest {
 
 type CallbackResult = void | StopRequest | Promise<void | StopRequest>;
 
+/** Why a checkpoint was taken: every saveSteps steps, or because the loop is about to hold (pause) or end (stop). */
+export type CheckpointReason = 'save' | 'pause' | 'stop';
+
 export interface TrainerCallbacks {
   onStepEnd?(m: StepMetrics): CallbackResult;
+  /** After an update was skipped (nothing applied, no onStepEnd); before the run ends if it was the last allowed in a row. */
+  onSkip?(s: SkippedUpdate): CallbackResult;
   /** Every logSteps steps; meanLoss is the mean over those steps. */
   onLog?(m: StepMetrics & { meanLoss: number }): CallbackResult;
   onEval?(e: { step: number; loss: number }): CallbackResult;
   /** Every saveSteps steps; saving is the callback's job. */
   onSave?(s: { step: number }): CallbackResult;
+  /**
+   * The run's whole state at a step boundary (see checkpoint.ts): after onSave every saveSteps steps, before the
+   * loop holds for a pause, and when a stop ends it (not 'diverged': the last good checkpoint is the one to keep).
+   * At most one per step. Storing it is the callback's job; without this callback nothing is read back.
+   */
+  onCheckpoint?(c: TrainerCheckpoint, reason: CheckpointReason): CallbackResult;
   onTrainEnd?(r: TrainEnd): void | Promise<void>;
 }
 
 export interface TrainerOptions {
   /** Windows per micro-batch (per_device_train_batch_size). */
   readonly batchSize: number;
-  /** Micro-batches per optimizer step; their gradients and losses are averaged. Default 1. */
+  /** Micro-batches per optimizer step; their gradients and losses are combined token-weighted (see accumulateGradients). Default 1. */
   readonly gradAccumSteps?: number;
   /** Passes over the training windows, may be fractional. Default 1; ignored when maxSteps > 0. */
   readonly epochs?: number;
@@ -96,6 +145,11 @@ export interface TrainerInit {
   readonly eval?: { readonly windows: WindowSet; readonly lossFn: EvalLossFn } | null;
   readonly options: TrainerOptions;
   readonly callbacks?: TrainerCallbacks;
+  /**
+   * Continue a run from this checkpoint instead of from step 0: run() first checks that it fits (the same plan and
+   * variable shapes, else a UserError), then puts its values into the variables and the optimizer.
+   */
+  readonly resumeFrom?: TrainerCheckpoint | null;
 }
 
 export type TrainerState = 'ready' | 'running' | 'paused' | 'ended';
@@ -109,10 +163,11 @@ const THROUGHPUT_WINDOW = 10;
  * The loop is async and yields to the event loop between steps, so in a worker the pause/stop
  * messages that arrive mid-run are handled at the next step boundary. Each step:
  * per micro-batch, tf.variableGrads of the loss (every intermediate freed right after); the
- * gradients averaged; global-norm clipped; the AdamW update computed; loss, norm and the update's
+ * gradients combined token-weighted; global-norm clipped; the AdamW update computed; loss, norm and the update's
  * finiteness read back in one transfer; and the update applied only if all are finite. Anything
- * non-finite ends the run as 'diverged' with the variables (and optimizer state) as they were
- * before that step, the last good values.
+ * non-finite skips that update (counted, onSkip; see SkippedUpdate) with the variables and optimizer
+ * state as they were; MAX_SKIPPED_IN_ROW skips in a row end the run as 'diverged' with the last good
+ * values, and without a checkpoint of the end (the last one taken is the good one to keep).
  *
  * Stopping on request (stop(), or a callback returning { stop }) happens after the current step
  * and its callbacks, and never rolls anything back: a 'diverged' requested by a diagnosis keeps
@@ -129,6 +184,8 @@ export class Trainer {
   private stateValue: TrainerState = 'ready';
   private stopReason: StopReason | null = null;
   private wake: (() => void) | null = null;
+  private planValue: TrainingPlan | null = null;
+  private best: BestEval | null = null;
 
   constructor(private readonly init: TrainerInit) {
     const o = init.options;
@@ -169,7 +226,7 @@ export class Trainer {
         'Add more text or lower the sequence length.',
       );
     }
-    // The last optimizer step of an epoch averages whatever micro-batches remain, so no window is
+    // The last optimizer step of an epoch takes whatever micro-batches remain, so no window is
     // left out of an epoch.
     this.microBatchesPerEpoch = Math.ceil(init.train.count / p.batchSize);
     this.stepsPerEpoch = Math.ceil(this.microBatchesPerEpoch / p.gradAccumSteps);
@@ -178,6 +235,21 @@ export class Trainer {
 
   get state(): TrainerState {
     return this.stateValue;
+  }
+
+  /** What a checkpoint of this run must match to resume it. Hashing the data is a pass over it, so done once, late. */
+  get plan(): TrainingPlan {
+    const p = this.opts;
+    this.planValue ??= {
+      seed: p.seed,
+      batchSize: p.batchSize,
+      gradAccumSteps: p.gradAccumSteps,
+      totalSteps: this.totalSteps,
+      windows: this.init.train.count,
+      seqLen: this.init.train.seqLen,
+      dataFingerprint: windowsFingerprint(this.init.train),
+    };
+    return this.planValue;
   }
 
   /** Holds the loop at the next step boundary until resume() or stop(). */
@@ -222,16 +294,75 @@ export class Trainer {
     let trainSeconds = 0;
     const recent: { tokens: number; seconds: number }[] = [];
     let lossesSinceLog: number[] = [];
+    let skippedSteps = 0;
+    let skippedInRow = 0;
+    // Where the loop resumes: the checkpoint's position and its stored order for that epoch, or the start.
+    const from = this.init.resumeFrom ?? null;
+    const orderOf = (epoch: number): number[][] =>
+      from !== null && epoch === from.position.epoch ? cutOrder(from.order, p.batchSize) : batchOrder(train.count, p.batchSize, epoch, p.seed);
+    // The next micro-batch to take; what a checkpoint records as its position.
+    let next: DataPosition = from?.position ?? { epoch: 0, microBatch: 0 };
+    let checkpointedAt = -1;
+    const checkpoint = async (reason: CheckpointReason): Promise<void> => {
+      const onCheckpoint = this.init.callbacks?.onCheckpoint;
+      if (!onCheckpoint || step === 0 || step === checkpointedAt) return;
+      checkpointedAt = step;
+      // A position past the epoch's last micro-batch is the next epoch's start, with that epoch's order.
+      const position = next.microBatch >= this.microBatchesPerEpoch ? { epoch: next.epoch + 1, microBatch: 0 } : next;
+      const { params, optimizerSteps } = await readParams(variables, optimizer);
+      const ck: TrainerCheckpoint = {
+        step,
+        position,
+        order: Uint32Array.from(orderOf(position.epoch).flat()),
+        plan: this.plan,
+        params,
+        optimizerSteps,
+        bestEval: this.best,
+        pendingLogLosses: [...lossesSinceLog],
+        trainSeconds,
+        skippedSteps,
+      };
+      await this.call(onCheckpoint(ck, reason));
+    };
+    // How the run ended, with the skip count only when there is one to report.
+    const ended = (reason: EndReason, detail?: string): TrainEnd => ({
+      step,
+      reason,
+      ...(detail === undefined ? {} : { detail }),
+      ...(skippedSteps > 0 ? { skippedSteps } : {}),
+    });
+    // Between steps (applied or skipped): let queued messages (pause, stop) in, then honour a pause.
+    const boundary = async (): Promise<void> => {
+      await new Promise<void>((resolve) => setTimeout(resolve, 0));
+      if (this.holding()) await checkpoint('pause');
+      while (this.holding()) {
+        await new Promise<void>((resolve) => (this.wake = resolve));
+      }
+    };
     try {
-      for (let epoch = 0; end === null; epoch++) {
-        const micro = batchOrder(train.count, p.batchSize, epoch, p.seed);
-        for (let first = 0; first < micro.length; first += p.gradAccumSteps) {
+      if (from !== null) {
+        checkResumable(from, this.plan, variables);
+        restoreParams(from, variables, optimizer);
+        step = checkpointedAt = from.step;
+        this.best = from.bestEval;
+        lossesSinceLog = [...from.pendingLogLosses];
+        trainSeconds = from.trainSeconds;
+        // The total goes on (older checkpoints lack it: 0). The count in a row starts again: only a pause or stop right
+        // after skips leaves some pending, and a resumed run then gets MAX_SKIPPED_IN_ROW fresh tries.
+        skippedSteps = from.skippedSteps ?? 0;
+      }
+      const start = next;
+      for (let epoch = start.epoch; end === null; epoch++) {
+        const micro = orderOf(epoch);
+        for (let first = epoch === start.epoch ? start.microBatch : 0; first < micro.length; first += p.gradAccumSteps) {
+          next = { epoch, microBatch: first };
           if (this.stopReason !== null) {
-            end = { step, reason: this.stopReason };
+            if (this.stopReason !== 'diverged') await checkpoint('stop');
+            end = ended(this.stopReason);
             break;
           }
           if (step >= this.totalSteps) {
-            end = { step, reason: 'completed' };
+            end = ended('completed');
             break;
           }
           const group = micro.slice(first, first + p.gradAccumSteps);
@@ -245,10 +376,22 @@ export class Trainer {
           const result = await this.step(group, step, learningRate, optimizer);
           const seconds = (now() - started) / 1000;
           if (!result.applied) {
-            end = { step, reason: 'diverged', detail: `At step ${step + 1} ${result.problem}; that update was not applied.` };
-            break;
+            // Nothing changed but the data position: the next try takes the next micro-batches for the same step.
+            next = { epoch, microBatch: first + p.gradAccumSteps };
+            skippedSteps++;
+            skippedInRow++;
+            await this.call(this.init.callbacks?.onSkip?.({ step: step + 1, problem: result.problem, skippedSteps, inRow: skippedInRow }));
+            if (skippedInRow >= MAX_SKIPPED_IN_ROW) {
+              const detail = `At step ${step + 1} ${result.problem}, the ${MAX_SKIPPED_IN_ROW}th update in a row that was not finite; none of them was applied.`;
+              end = ended('diverged', detail);
+              break;
+            }
+            await boundary();
+            continue;
           }
+          skippedInRow = 0;
           step++;
+          next = { epoch, microBatch: first + p.gradAccumSteps };
           trainSeconds += seconds;
           recent.push({ tokens: group.reduce((n, b) => n + b.length, 0) * train.seqLen, seconds });
           if (recent.length > THROUGHPUT_WINDOW) recent.shift();
@@ -261,6 +404,7 @@ export class Trainer {
             gradNorm: result.gradNorm,
             tokensPerSecond: recentSeconds > 0 ? recent.reduce((s, r) => s + r.tokens, 0) / recentSeconds : 0,
             secondsLeft: (trainSeconds / step) * (this.totalSteps - step),
+            skippedSteps,
           };
           await this.call(this.init.callbacks?.onStepEnd?.(metrics));
 
@@ -275,13 +419,12 @@ export class Trainer {
           const due = p.evalSteps > 0 ? step % p.evalSteps === 0 : epochDone || step === this.totalSteps;
           if (due) await this.evaluateNow(step);
 
-          if (p.saveSteps > 0 && step % p.saveSteps === 0) await this.call(this.init.callbacks?.onSave?.({ step }));
-
-          // Let queued messages (pause, stop) in before the next step; then honour a pause.
-          await new Promise<void>((resolve) => setTimeout(resolve, 0));
-          while (this.holding()) {
-            await new Promise<void>((resolve) => (this.wake = resolve));
+          if (p.saveSteps > 0 && step % p.saveSteps === 0) {
+            await this.call(this.init.callbacks?.onSave?.({ step }));
+            await checkpoint('save');
           }
+
+          await boundary();
         }
         // Falling out of an epoch goes on to the next, whose first iteration checks for the end.
       }
@@ -303,6 +446,9 @@ export class Trainer {
     const ev = this.init.eval;
     if (!ev || ev.windows.count === 0 || ev.windows.targetTokens === 0) return;
     const { loss } = await evaluate(ev.windows, ev.lossFn, this.opts.evalBatchSize);
+    // Tracked here so a checkpoint carries it: early stopping after a resume counts from where it was.
+    const improved = this.best === null || loss < this.best.loss;
+    this.best = improved ? { step, loss, evalsSince: 0 } : { ...this.best!, evalsSince: this.best!.evalsSince + 1 };
     await this.call(this.init.callbacks?.onEval?.({ step, loss }));
   }
 
@@ -357,11 +503,15 @@ export class Trainer {
 }
 
 /**
- * The gradients of one optimizer step: for each micro-batch of `group` (lists of window indices),
- * tf.variableGrads of `lossFn`, averaged over the micro-batches, with the mean of their losses.
- * Averaging the micro-batch means is what HF's gradient accumulation does (each micro-batch loss
- * scaled by 1/steps), so with equal token counts per micro-batch, 2 × 4 windows gives the
- * gradients of one batch of 8. `firstPass` numbers the forward passes for LossContext.pass.
+ * The gradients of one optimizer step over the micro-batches `group` (lists of window indices), token-weighted
+ * as Hugging Face's Trainer accumulates them: the step's loss is the sum of every unmasked target's loss over all
+ * the micro-batches, divided by the number of those targets. Each micro-batch's loss is a mean over its own
+ * targets, so it (and its gradient) is weighted by its share of the step's targets, n_i / N. That is the same as
+ * one batch holding every window, whatever the masks; a plain mean of micro-batch means is not, when masks (chat
+ * data) leave the micro-batches with different numbers of targets. A micro-batch with no target at all weighs
+ * nothing, so it is not run; a step with no target anywhere has zero gradients and loss 0 (what causalLmLoss
+ * gives an empty batch). With one micro-batch the weight is 1 and nothing is scaled.
+ * `firstPass` numbers the forward passes for LossContext.pass (a skipped micro-batch keeps its number).
  * Returns new tensors, aligned with `variables`, for the caller to dispose.
  */
 export function accumulateGradients(
@@ -373,44 +523,66 @@ export function accumulateGradients(
   firstPass: number,
 ): { grads: tf.Tensor[]; loss: tf.Scalar } {
   if (group.length === 0) throw new Error('accumulateGradients: no micro-batches');
+  // Counted on the host from the masks, so the weights need no readback.
+  const counts = group.map((indices) => targetTokensOf(windows, indices));
+  const total = counts.reduce((n, c) => n + c, 0);
   let sum: tf.Tensor[] | null = null;
   let lossSum: tf.Scalar | null = null;
   try {
     group.forEach((indices, microBatch) => {
+      const weight = group.length === 1 ? 1 : counts[microBatch]! / total;
+      if (weight === 0 || Number.isNaN(weight)) return;
       const batch = uploadBatch(windows, indices);
       try {
         const ctx: LossContext = { step, microBatch, pass: firstPass + microBatch };
         // variableGrads frees the forward pass's intermediates itself; only value and grads survive.
         const { value, grads } = tf.variableGrads(() => lossFn(batch, ctx), [...variables]);
         // A variable the loss does not reach gets no entry; its gradient is zero.
-        const list = variables.map((v) => grads[v.name] ?? tf.zerosLike(v));
+        const raw = variables.map((v) => grads[v.name] ?? tf.zerosLike(v));
+        const weighted =
+          weight === 1
+            ? { list: raw, loss: value }
+            : tf.tidy(() => ({ list: raw.map((g) => tf.mul(g, weight)), loss: tf.mul<tf.Scalar>(value, weight) }));
+        if (weight !== 1) tf.dispose([...raw, value]);
         if (sum === null || lossSum === null) {
-          sum = list;
-          lossSum = value;
+          sum = weighted.list;
+          lossSum = weighted.loss;
         } else {
           const prev: tf.Tensor[] = sum;
           const prevLoss: tf.Scalar = lossSum;
-          sum = tf.tidy(() => prev.map((g, i) => tf.add(g, list[i]!)));
-          lossSum = tf.add<tf.Scalar>(prevLoss, value);
-          tf.dispose([...prev, prevLoss, ...list, value]);
+          sum = tf.tidy(() => prev.map((g, i) => tf.add(g, weighted.list[i]!)));
+          lossSum = tf.add<tf.Scalar>(prevLoss, weighted.loss);
+          tf.dispose([...prev, prevLoss, ...weighted.list, weighted.loss]);
         }
       } finally {
         disposeBatch(batch);
       }
     });
-    const total = sum as tf.Tensor[] | null;
-    const totalLoss = lossSum as tf.Scalar | null;
-    if (total === null || totalLoss === null) throw new Error('unreachable: no micro-batch ran');
-    if (group.length === 1) return { grads: total, loss: totalLoss };
-    const scale = 1 / group.length;
-    return tf.tidy(() => ({ grads: total.map((g) => tf.mul(g, scale)), loss: tf.mul<tf.Scalar>(totalLoss, scale) }));
-  } finally {
-    // After a single micro-batch these are the returned tensors themselves.
-    if (group.length > 1) {
-      tf.dispose((sum as tf.Tensor[] | null) ?? []);
-      if (lossSum) tf.dispose(lossSum as tf.Scalar);
-    }
+    const grads = sum as tf.Tensor[] | null;
+    const loss = lossSum as tf.Scalar | null;
+    if (grads !== null && loss !== null) return { grads, loss };
+    // Every micro-batch was fully masked: nothing to learn from in this step.
+    return { grads: variables.map((v) => tf.zerosLike(v)), loss: tf.scalar(0) };
+  } catch (e) {
+    tf.dispose((sum as tf.Tensor[] | null) ?? []);
+    if (lossSum) tf.dispose(lossSum as tf.Scalar);
+    throw e;
   }
+}
+
+/** Unmasked targets in the windows `indices` (what gatherWindows counts, without building the batch). */
+function targetTokensOf(windows: WindowSet, indices: readonly number[]): number {
+  const s = windows.seqLen;
+  let n = 0;
+  for (const w of indices) for (let t = w * s; t < w * s + s; t++) n += windows.mask[t]!;
+  return n;
+}
+
+/** A flat window order cut into micro-batches of batchSize, as batchOrder cuts its own. */
+function cutOrder(order: Uint32Array, batchSize: number): number[][] {
+  const batches: number[][] = [];
+  for (let i = 0; i < order.length; i += batchSize) batches.push(Array.from(order.subarray(i, i + batchSize)));
+  return batches;
 }
 
 function now(): number {

@@ -35,7 +35,7 @@ export type FrozenMatrix = tf.Tensor2D | PackedWeight;
 
 export const ELEMENTS_PER_WORD: Readonly<Record<PackedFormat, number>> = { bf16: 2, f16: 2, int8: 4, nf4: 8 };
 
-export function isPacked(m: FrozenMatrix): m is PackedWeight {
+export function isPacked(m: tf.Tensor | PackedWeight): m is PackedWeight {
   return !(m instanceof tf.Tensor);
 }
 

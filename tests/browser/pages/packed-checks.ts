@@ -6,6 +6,14 @@ import { loraLinear, loraLinearReference, type LoraLinearArgs } from '../../../s
 import { FUSED_KERNELS_FLAG } from '../../../src/core/kernels/webgpu_run';
 import { packHalves, quantizeInt8, quantizeNf4, unpackHost } from '../../../src/core/weights/host';
 import { disposeMatrix, uploadPacked, type HostPackedMatrix, type PackedFormat } from '../../../src/core/weights/packed';
+import { LoraAdapter } from '../../../src/core/lora/adapter';
+import { parseModelConfig } from '../../../src/core/models/config';
+import { causalLmLoss } from '../../../src/core/models/loss';
+import { expectedTensors } from '../../../src/core/models/manifest';
+import { buildModel } from '../../../src/core/models/model';
+import { seededRandom } from '../../../src/core/random';
+import { holdWeight } from '../../../src/core/weights/hold';
+import { isRowBlocks } from '../../../src/core/weights/row-blocks';
 import { onBackend, relErr, takePrograms, withErrorScope } from './webgpu-page';
 
 export { setup } from './webgpu-page';
@@ -14,21 +22,9 @@ export { setup } from './webgpu-page';
 // expected value here comes from the JavaScript decoder (weights/host.ts) and stock tfjs on the cpu
 // backend, never from the WGSL decoder under test.
 
-/** A seeded stream of uniform numbers in [0, 1) (mulberry32), so each case sees the same weights. */
-function uniforms(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 /** Random bit patterns of finite halves of both signs between about 2⁻⁶ and 2 (zeros and subnormals too). */
 function randomHalfBytes(format: 'bf16' | 'f16', count: number, seed: number): Uint8Array {
-  const next = uniforms(seed);
+  const next = seededRandom(seed);
   const halves = new Uint16Array(count);
   for (let i = 0; i < count; i++) {
     const sign = next() < 0.5 ? 0x8000 : 0;
@@ -44,7 +40,7 @@ function randomHalfBytes(format: 'bf16' | 'f16', count: number, seed: number): U
 }
 
 function randomValues(count: number, seed: number): Float32Array {
-  const next = uniforms(seed);
+  const next = seededRandom(seed);
   const v = new Float32Array(count);
   for (let i = 0; i < count; i++) v[i] = (next() * 2 - 1) * (i % 11 === 3 ? 4 : 1);
   return v;
@@ -164,5 +160,67 @@ export async function checkPackedLinear(c: PackedLinearCase, seed: number) {
     stockPrograms: stock.value.forwardPrograms,
     leakedTensors: tf.memory().numTensors - tensorsBefore,
     gpuErrors: [...gpuErrors, ...stock.gpuErrors],
+  };
+}
+
+/**
+ * A model whose large matrices are held as row blocks (a small binding limit forced) against the same
+ * model held whole, both packed BF16 on webgpu: logits, loss and the LoRA gradients through every
+ * blocked projection (GPT-2's Conv1D split along its inputs, Llama's and the heads along their outputs)
+ * and the blocked embedding lookups.
+ */
+export async function checkRowBlocks(arch: 'gpt2' | 'llama') {
+  const hf =
+    arch === 'gpt2'
+      ? { model_type: 'gpt2', vocab_size: 257, n_positions: 64, n_embd: 64, n_layer: 2, n_head: 4, tie_word_embeddings: true }
+      : { model_type: 'llama', vocab_size: 257, hidden_size: 64, num_hidden_layers: 2, num_attention_heads: 4, num_key_value_heads: 2, intermediate_size: 176, max_position_embeddings: 64, tie_word_embeddings: false };
+  const cfg = parseModelConfig(hf);
+  // Above the LoRA targets (GPT-2's c_attn 24 kB, Llama's q and v 8 and 4 kB in BF16), below the
+  // embeddings (33 kB) and the MLP weights (GPT-2 32 kB, Llama 22 kB).
+  const limit = arch === 'gpt2' ? 30_000 : 20_000;
+  const tensors = [...expectedTensors(cfg)].map(([name, shape], i) => {
+    const count = shape.reduce((a, b) => a * b, 1);
+    const bytes = shape.length === 1 && !name.endsWith('bias') ? new Uint8Array(new Uint16Array(count).fill(0x3f80).buffer) : randomHalfBytes('bf16', count, 1000 + i);
+    return { name, shape, bytes };
+  });
+  const build = (maxBindingBytes: number | null) =>
+    buildModel(cfg, new Map(tensors.map((t) => [t.name, holdWeight(cfg, t.name, 'BF16', t.shape, t.bytes, { packed: true, quantization: 'none', maxBindingBytes })])));
+  const tensorsBefore = tf.memory().numTensors;
+  const ids = tf.tensor2d(Array.from({ length: 2 * 24 }, (_, i) => (i * 37 + 11) % 257), [2, 24], 'int32');
+  const targets = tf.tensor2d(Array.from({ length: 2 * 24 }, (_, i) => (i * 53 + 5) % 257), [2, 24], 'int32');
+  const run = async (maxBindingBytes: number | null) => {
+    const model = build(maxBindingBytes);
+    const blocked = [...model.weights.values()].filter((w) => !(w instanceof tf.Tensor) && isRowBlocks(w)).length;
+    const adapter = LoraAdapter.create(model, { rank: 4, alpha: 8, dropout: 0.1, targetModules: arch === 'gpt2' ? ['c_attn'] : ['q_proj', 'v_proj'], useRslora: false }, 7);
+    // B starts at zero, which would leave A's gradient zero: give it values so both are checked.
+    for (const m of adapter.modules) tf.tidy(() => m.B.assign(tf.randomUniform(m.B.shape, -0.5, 0.5, 'float32', 3)));
+    const logits = tf.tidy(() => model.forward(ids));
+    const logitData = (await logits.data()) as Float32Array;
+    const { value, grads } = tf.variableGrads(() => {
+      const out = model.forward(ids, { linear: adapter.apply({ training: true, seed: 5, step: 1 }) });
+      return causalLmLoss(out, targets, null);
+    }, adapter.variables());
+    const loss = (await value.data())[0]!;
+    const gradData = await Promise.all(adapter.variables().map(async (v) => (await grads[v.name]!.data()) as Float32Array));
+    tf.dispose([logits, value, ...Object.values(grads)]);
+    adapter.dispose();
+    model.dispose();
+    return { blocked, logits: logitData, loss, grads: gradData };
+  };
+  takePrograms();
+  const { value: whole, gpuErrors } = await withErrorScope(() => run(null));
+  const split = await withErrorScope(() => run(limit));
+  const programs = takePrograms();
+  tf.dispose([ids, targets]);
+  return {
+    blocked: split.value.blocked,
+    wholeBlocked: whole.blocked,
+    logitsError: relErr(split.value.logits, whole.logits),
+    lossDiff: Math.abs(split.value.loss - whole.loss),
+    gradError: Math.max(...split.value.grads.map((g, i) => relErr(g, whole.grads[i]!))),
+    gradNorm: Math.max(...whole.grads.map((g) => g.reduce((m, x) => Math.max(m, Math.abs(x)), 0))),
+    unpacked: programs.filter((p) => p === 'unpackMatrix').length,
+    leakedTensors: tf.memory().numTensors - tensorsBefore,
+    gpuErrors: [...gpuErrors, ...split.gpuErrors],
   };
 }
