@@ -21,7 +21,7 @@ export async function medians(
   return [median(timesA), median(timesB)];
 }
 
-function median(times: number[]): number {
+export function median(times: readonly number[]): number {
   const sorted = [...times].sort((x, y) => x - y);
   const mid = Math.floor(sorted.length / 2);
   return sorted.length % 2 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;

@@ -9,6 +9,7 @@ import { causalLmLoss } from '../src/core/models/loss';
 import { expectedTensors } from '../src/core/models/manifest';
 import { buildModel, type CausalLM } from '../src/core/models/model';
 import { Trainer } from '../src/core/train';
+import { median } from './timing';
 
 /** The shared fixtures' shape: GPT-2, 64 wide, 2 layers, 4 heads, byte vocabulary. */
 const TINY_GPT2 = {
@@ -80,16 +81,29 @@ async function timeStepsAsConfigured(variant: Variant, steps: number, warmup: nu
   return { variant: VARIANT_NAMES[variant], backend: tf.getBackend(), msPerStep: ms, tokensPerSecond: (BATCH * SEQ_LEN * 1000) / ms };
 }
 
-/** A whole training step (forward, backward, clipping, AdamW) at the fixtures' shape, per backend. */
-export async function runTrainStepBench(options: { steps?: number; warmup?: number; backends?: string[] } = {}): Promise<TrainStepRow[]> {
-  const { steps = 5, warmup = 2, backends = ['webgpu', 'wasm'] } = options;
+/**
+ * A whole training step (forward, backward, clipping, AdamW) at the fixtures' shape, per backend. The
+ * variants take turns, `rounds` times (the first round warms up `warmup` steps, later ones one step,
+ * pipelines being compiled by then), and each reports its median round: on a shared machine a change
+ * in load then hits both variants alike instead of whichever ran during it.
+ */
+export async function runTrainStepBench(options: { steps?: number; warmup?: number; rounds?: number; backends?: string[] } = {}): Promise<TrainStepRow[]> {
+  const { steps = 5, warmup = 2, rounds = 3, backends = ['webgpu', 'wasm'] } = options;
   tf.env().set('WEBGPU_CPU_HANDOFF_SIZE_THRESHOLD', 0);
   const rows: TrainStepRow[] = [];
   for (const backend of backends) {
     if (!(await tf.setBackend(backend)) || tf.getBackend() !== backend) throw new Error(`the ${backend} backend did not start`);
     // The fused kernels are WebGPU programs; on wasm LoRA Lab's kernel is its BatchMatMul
     // (src/core/kernels/wasm_matmul.ts), and the plain figure takes tfjs's stock one.
-    for (const variant of backend === 'webgpu' ? (['plain', 'fused'] as const) : (['stock-wasm', 'fused'] as const)) rows.push(await timeSteps(variant, steps, warmup));
+    const variants: Variant[] = backend === 'webgpu' ? ['plain', 'fused'] : ['stock-wasm', 'fused'];
+    const times = variants.map(() => [] as TrainStepRow[]);
+    for (let round = 0; round < rounds; round++) {
+      for (const [i, variant] of variants.entries()) times[i]!.push(await timeSteps(variant, steps, round === 0 ? warmup : 1));
+    }
+    for (const rowsOfVariant of times) {
+      const ms = median(rowsOfVariant.map((r) => r.msPerStep));
+      rows.push({ ...rowsOfVariant[0]!, msPerStep: ms, tokensPerSecond: (BATCH * SEQ_LEN * 1000) / ms });
+    }
   }
   return rows;
 }

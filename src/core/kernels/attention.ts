@@ -56,14 +56,53 @@ function fusedAttention(backend: WebGPUBackend, qkv: tf.Tensor2D, shape: Attenti
  */
 const MASKED = -1e9;
 
-/** Additive mask [seq, seq]: 0 where key j is visible from query i, MASKED elsewhere; built on the device. */
+/** Additive mask [seq, seq]: 0 where key j is visible from query i, MASKED elsewhere; one upload, no ops. */
+function buildCausalMask(seq: number, slidingWindow: number | null): tf.Tensor2D {
+  const values = new Float32Array(seq * seq).fill(MASKED);
+  for (let i = 0; i < seq; i++) {
+    const first = slidingWindow === null ? 0 : Math.max(0, i - slidingWindow + 1);
+    values.fill(0, i * seq + first, i * seq + i + 1);
+  }
+  return tf.tensor2d(values, [seq, seq]);
+}
+
+/**
+ * Masks kept between calls, as a tfjs user who cares about speed keeps them: a model calls attention
+ * once per layer and step with the same seq and window, and rebuilding the mask every time would put
+ * that cost into the stock baseline the fused kernel is measured against. Keyed by seq and window, at
+ * most MASKS_KEPT of them (a model mixes at most full and sliding-window layers; a new key frees the
+ * least recently used), all freed when the backend changes. Not kept on the cpu backend: the app never
+ * trains there (it is the tests' independent reference, whose tensor counts must stay exact), and
+ * building a mask there is plain JavaScript either way.
+ */
+const MASKS_KEPT = 2;
+const keptMasks = new Map<string, tf.Tensor2D>();
+let keptMasksBackend: tf.KernelBackend | null = null;
+
 function causalMask(seq: number, slidingWindow: number | null): tf.Tensor2D {
-  const i = tf.range(0, seq, 1, 'int32').reshape([seq, 1]);
-  const j = tf.range(0, seq, 1, 'int32').reshape([1, seq]);
-  const distance = tf.sub(i, j);
-  let visible = tf.greaterEqual(distance, 0);
-  if (slidingWindow !== null) visible = tf.logicalAnd(visible, tf.less(distance, slidingWindow));
-  return tf.where(visible, tf.zeros([seq, seq]), tf.fill([seq, seq], MASKED)) as tf.Tensor2D;
+  if (tf.getBackend() === 'cpu') return buildCausalMask(seq, slidingWindow); // the caller's tidy frees it
+  if (tf.backend() !== keptMasksBackend) {
+    releaseCausalMasks();
+    keptMasksBackend = tf.backend();
+  }
+  const key = `${seq}:${slidingWindow ?? 0}`;
+  let mask = keptMasks.get(key);
+  keptMasks.delete(key); // re-inserted below: the Map's order is least recently used first
+  if (!mask || mask.isDisposed) mask = tf.keep(buildCausalMask(seq, slidingWindow)); // kept: no tidy frees it
+  keptMasks.set(key, mask);
+  for (const [oldest, old] of keptMasks) {
+    if (keptMasks.size <= MASKS_KEPT) break;
+    keptMasks.delete(oldest);
+    old.dispose();
+  }
+  return mask;
+}
+
+/** Frees the masks kept by the stock-tfjs attention (they are rebuilt on the next call that needs them). */
+export function releaseCausalMasks(): void {
+  for (const mask of keptMasks.values()) mask.dispose();
+  keptMasks.clear();
+  keptMasksBackend = null;
 }
 
 /**
