@@ -3,13 +3,17 @@
 # server with no network): `pack` here gathers into .device/ (git-ignored) a single-file bundle of
 # bench/node-webgpu.ts, Dawn for Node (the `webgpu` npm package, linux-x64), a Node.js binary and the
 # Vulkan loader's Debian package, all compressed, about 40 MB; `run` there unpacks them and prints the
-# same ratios as `npm run bench` (fused kernels vs the plain tfjs composition, per op and per step).
+# same ratios as `npm run bench` (fused kernels vs the plain tfjs composition, per op and per step),
+# then real-size training steps (bench/node-shapes.ts): GPT-2 124M, LoRA r 8 on c_attn, batch 8 × seq
+# 128, and TinyLlama-1.1B, r 8 on q_proj and v_proj, batch 1 × seq 512, each fused vs plain with peak
+# memory and base weights held as none / int8 / nf4 (random weights written to /tmp: 0.5 and 2.2 GB).
 #
 #   scripts/device-bench.sh pack                  # here, once
 #   scripts/device-bench.sh run [--quick]         # there, from the repository root, with .device carried
 #
 # Here, `VK_ICD_FILENAMES=/usr/lib/chromium/vk_swiftshader_icd.json scripts/device-bench.sh run --quick`
-# tries the same thing on SwiftShader.
+# tries the same thing on SwiftShader, the real-size models cut to one layer and 4 tokens (about 11
+# minutes on a busy 2-core machine).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DAWN_VERSION=0.6.2
