@@ -1,31 +1,25 @@
 // Gives Node the IndexedDB globals the storage layer uses in the browser.
 import 'fake-indexeddb/auto';
-import { readdirSync, readFileSync } from 'node:fs';
-import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import * as tf from '@tensorflow/tfjs';
-import { deleteDB } from 'idb';
 import { beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { isUserError } from '../../src/core/errors';
 import { readEventFile, scalarSeries } from '../../src/core/logging';
 import { applyRestarts, isSessionStart } from '../../src/core/logging/session-log';
-import { bytesSource } from '../../src/core/safetensors/index';
 import { listCheckpoints } from '../../src/storage/checkpoints';
-import { closeDatabase, DB_NAME, openDatabase, type LoraLabDb, type StoredRun } from '../../src/storage/db';
-import { importModel } from '../../src/storage/import-model';
+import { type LoraLabDb, type StoredRun } from '../../src/storage/db';
 import { localLocks } from '../../src/storage/locks';
 import { getRun, markInterruptedRuns, readMetrics } from '../../src/storage/runs';
 import { ModelSlot } from '../../src/worker/loaded-model';
 import type { ExportedFile, RunEvent } from '../../src/worker/protocol';
 import { resumeRequestOf } from '../../src/worker/resume';
 import { exportRunFiles, trainLora, type RunContext } from '../../src/worker/training-run';
+import { freshDbWithTinyGpt2 } from './support/stored-model';
 
 // The worker's resume, end to end in Node (cpu backend, fake-indexeddb): a run whose tab dies after step 5 (nothing
 // graceful: every storage call from then on simply never answers), marked interrupted by the next tab's sweep and
 // resumed there from its step-3 checkpoint, must leave the output folder an uninterrupted run leaves: the same
 // adapter, checkpoints, curves (each step once), diagnosis and TensorBoard events, and say when it was interrupted.
 
-const FIXTURES = fileURLToPath(new URL('../../../shared/fixtures/models/', import.meta.url));
 const config = (extra: Record<string, string | number> = {}) =>
   Object.entries({
     base_model: 'tiny-gpt2',
@@ -58,12 +52,7 @@ beforeAll(async () => {
 });
 
 beforeEach(async () => {
-  await closeDatabase();
-  await deleteDB(DB_NAME);
-  db = await openDatabase();
-  const dir = join(FIXTURES, 'tiny-gpt2');
-  const files = readdirSync(dir).map((name) => bytesSource(`tiny-gpt2/${name}`, new Uint8Array(readFileSync(join(dir, name)))));
-  modelId = (await importModel(db, files, { name: 'tiny-gpt2', locks: localLocks() })).id;
+  ({ db, modelId } = await freshDbWithTinyGpt2());
 });
 
 const context = (onEvent: (e: RunEvent) => void = () => undefined): RunContext => ({

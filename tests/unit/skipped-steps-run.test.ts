@@ -1,21 +1,16 @@
 // Gives Node the IndexedDB globals the storage layer uses in the browser.
 import 'fake-indexeddb/auto';
-import { readdirSync, readFileSync } from 'node:fs';
-import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import * as tf from '@tensorflow/tfjs';
-import { deleteDB } from 'idb';
 import { beforeAll, beforeEach, describe, expect, it, vi } from 'vitest';
-import { bytesSource } from '../../src/core/safetensors/index';
 import type { LossFn } from '../../src/core/train/index';
 import { latestCheckpoint, listCheckpoints } from '../../src/storage/checkpoints';
-import { closeDatabase, DB_NAME, openDatabase, type LoraLabDb } from '../../src/storage/db';
-import { importModel } from '../../src/storage/import-model';
+import { type LoraLabDb } from '../../src/storage/db';
 import { localLocks } from '../../src/storage/locks';
 import { getRun } from '../../src/storage/runs';
 import { ModelSlot } from '../../src/worker/loaded-model';
 import type { RunEvent } from '../../src/worker/protocol';
 import { exportRunFiles, trainLora, type RunContext } from '../../src/worker/training-run';
+import { freshDbWithTinyGpt2 } from './support/stored-model';
 
 // The worker's side of skipped updates, in Node (cpu backend, fake-indexeddb): the training loss the worker builds
 // is made NaN on chosen tries (one try per loss call: grad_accum_steps 1, no gradient checkpointing), and the run's
@@ -39,7 +34,6 @@ vi.mock('../../src/core/train/index', async (importOriginal) => {
   };
 });
 
-const FIXTURES = fileURLToPath(new URL('../../../shared/fixtures/models/', import.meta.url));
 const CONFIG = [
   'base_model: tiny-gpt2',
   'train_data: train.txt',
@@ -65,12 +59,7 @@ beforeAll(async () => {
 });
 
 beforeEach(async () => {
-  await closeDatabase();
-  await deleteDB(DB_NAME);
-  db = await openDatabase();
-  const dir = join(FIXTURES, 'tiny-gpt2');
-  const files = readdirSync(dir).map((name) => bytesSource(`tiny-gpt2/${name}`, new Uint8Array(readFileSync(join(dir, name)))));
-  modelId = (await importModel(db, files, { name: 'tiny-gpt2', locks: localLocks() })).id;
+  ({ db, modelId } = await freshDbWithTinyGpt2());
   poison.calls = 0;
 });
 

@@ -1,25 +1,19 @@
 // Gives Node the IndexedDB globals the storage layer uses in the browser.
 import 'fake-indexeddb/auto';
-import { readdirSync, readFileSync } from 'node:fs';
-import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import * as tf from '@tensorflow/tfjs';
-import { deleteDB } from 'idb';
 import { beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { isUserError } from '../../src/core/errors';
-import { bytesSource } from '../../src/core/safetensors/index';
-import { closeDatabase, DB_NAME, openDatabase, type LoraLabDb, type StoredRun } from '../../src/storage/db';
-import { importModel } from '../../src/storage/import-model';
+import { type LoraLabDb, type StoredRun } from '../../src/storage/db';
 import { localLocks, type Locks } from '../../src/storage/locks';
 import { listRuns, markInterruptedRuns } from '../../src/storage/runs';
 import { ModelSlot } from '../../src/worker/loaded-model';
 import type { RunEvent } from '../../src/worker/protocol';
 import { trainLora, type RunContext } from '../../src/worker/training-run';
+import { freshDbWithTinyGpt2 } from './support/stored-model';
 
 // The worker's training run, end to end in Node (cpu backend, fake-indexeddb): what it leaves in IndexedDB when
 // the storage writes after training fail, and that its lock keeps other tabs' sweeps off it while it trains.
 
-const FIXTURES = fileURLToPath(new URL('../../../shared/fixtures/models/', import.meta.url));
 const CONFIG = ['base_model: tiny-gpt2', 'train_data: train.txt', 'output_dir: ./out/run', 'lora_rank: 2', 'target_modules: [c_attn]', 'max_steps: 2', 'batch_size: 2', 'seq_len: 16', 'log_steps: 1', 'seed: 3'].join('\n');
 const TEXT = 'zebra quilt jinx! '.repeat(40);
 
@@ -31,12 +25,7 @@ beforeAll(async () => {
 });
 
 beforeEach(async () => {
-  await closeDatabase();
-  await deleteDB(DB_NAME);
-  db = await openDatabase();
-  const dir = join(FIXTURES, 'tiny-gpt2');
-  const files = readdirSync(dir).map((name) => bytesSource(`tiny-gpt2/${name}`, new Uint8Array(readFileSync(join(dir, name)))));
-  modelId = (await importModel(db, files, { name: 'tiny-gpt2', locks: localLocks() })).id;
+  ({ db, modelId } = await freshDbWithTinyGpt2());
 });
 
 function context(onEvent: (e: RunEvent) => void): RunContext {
