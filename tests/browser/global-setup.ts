@@ -30,7 +30,9 @@ export async function setup(project: TestProject): Promise<void> {
     env: { ...process.env, NODE_ENV: 'production' },
   });
   built = await preview({ root, build: { outDir }, preview: { host: '127.0.0.1', port: 0, strictPort: false }, logLevel: 'warn' });
-  dev = await createServer({ root, server: { host: '127.0.0.1', port: 0 }, logLevel: 'warn' });
+  // No hot reload and no file watching: an edit made while the suite runs (a second developer, a
+  // formatter) must not reload a test page mid-test; every page load reads the files as they are then.
+  dev = await createServer({ root, server: { host: '127.0.0.1', port: 0, hmr: false, watch: null }, logLevel: 'warn' });
   await dev.listen();
   project.provide('appUrl', urlOf(built.resolvedUrls?.local[0]));
   project.provide('devUrl', urlOf(dev.resolvedUrls?.local[0]));
