@@ -66,7 +66,12 @@ export function readConfig(configPath) {
     trainData: dataFile('train_data', trainData),
     valData: valData && dataFile('val_data', valData),
     outputDir: path('output_dir', true),
+    // init_adapter: a PEFT adapter folder next to the YAML, stored with the model under the name as written (the app's
+    // run config names stored adapters), so the run finds it the way the app's does.
+    initAdapter: data.init_adapter ? { name: String(data.init_adapter), files: adapterFolderFiles('init_adapter', path('init_adapter', false)) } : null,
     backend: typeof data.backend === 'string' ? data.backend : 'auto',
+    // A `sweep:` map makes the config a grid of runs (headless-sweep.mjs).
+    hasSweep: Object.hasOwn(data, 'sweep'),
   };
 }
 
@@ -93,6 +98,17 @@ export function modelFolderFiles(key, dir) {
   }
   if (files.length === 0) throw new InputError(`${key}: ${dir} holds no files`);
   return files;
+}
+
+/** A PEFT adapter folder's two files (others in it, such as README.md, are left out), links followed. */
+export function adapterFolderFiles(key, dir) {
+  const info = follow(key, dir);
+  if (!info.isDirectory()) throw new InputError(`${key}: ${dir} is not a folder; give the PEFT adapter folder (adapter_config.json and adapter_model.safetensors)`);
+  return ['adapter_config.json', 'adapter_model.safetensors'].map((name) => {
+    const p = join(dir, name);
+    if (!existsSync(p)) throw new InputError(`${key}: ${dir} has no ${name}; a PEFT adapter folder holds adapter_config.json and adapter_model.safetensors`);
+    return dataFile(key, p);
+  });
 }
 
 function dataFile(key, p) {

@@ -2,7 +2,10 @@
 // The headless runner: `npm run headless -- train --config RUN.yaml`.
 // Builds the app, serves it on 127.0.0.1, drives it in headless Chromium, imports the model and data
 // the config names through the app's own worker calls, trains, and writes the run's output folder
-// (PEFT adapter, logs/, config.yaml, metrics.csv, diagnosis.json, run_summary.json) into output_dir.
+// (PEFT adapter, logs/, config.yaml, metrics.csv, diagnosis.json, run_summary.json, the README.md model
+// card with loss_curves.png, llamafactory/: the run bundle of src/core/export/run-bundle.ts) into output_dir.
+// A config with a `sweep:` map trains each of its runs back to back into output_dir/<run name>/ and
+// writes output_dir/sweep_summary.csv (headless-sweep.mjs).
 // Exits 0 on success. Every failure, from a bad path to a crashed page, ends with exactly one line
 // `error: …` on stderr and a non-zero exit (2 for bad input, 1 otherwise), never a stack trace.
 import { execFileSync } from 'node:child_process';
@@ -13,6 +16,8 @@ import { fileURLToPath } from 'node:url';
 import { crashWatch, resumeAfterCrash } from './headless-crash.mjs';
 import { firstLine, guardPage, RunnerError, withTimeout } from './headless-guard.mjs';
 import { InputError, parseArgs, readConfig } from './headless-inputs.mjs';
+import { importInitAdapter } from './headless-adapter.mjs';
+import { loadSweep, sweepSummary } from './headless-sweep.mjs';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 /** Starting the app (page load, engine worker, backend) takes seconds; this is for a machine under load. */
@@ -87,6 +92,9 @@ async function main() {
   const { configPath, crashAtStep } = parseArgs(process.argv.slice(2));
   const crash = crashAtStep === null ? null : crashWatch(crashAtStep);
   const paths = readConfig(configPath);
+  // A sweep is checked whole before anything is built: a typo in its last list fails now, not an hour in.
+  const sweep = paths.hasSweep ? await loadSweep(configPath, paths.text) : null;
+  if (sweep && crash) throw new InputError('--crash-at-step: works on one run, not on a sweep; remove sweep or the option');
 
   const outDir = mkdtempSync(join(tmpdir(), 'lora-lab-headless-'));
   let server;
@@ -129,6 +137,13 @@ async function main() {
       await p.exposeFunction('loraLabHeadlessEvent', (e) => {
         crash?.see(e);
         printEvent(e);
+        // A full disk pauses the run until a person frees space (src/worker/storage-full.ts); unattended, say so and end.
+        if (e.kind === 'paused' && e.reason) {
+          const what = e.reason.replace(/ Free space \(Storage panel\) and press Resume\.$/, '');
+          // At once, before closing Chromium: a close first would end the run with a vaguer "page closed" (playwright
+          // kills the browser it launched when this process exits).
+          fail(new RunnerError(`${what} Free disk space and run it again.`));
+        }
       });
       await p.exposeFunction('loraLabHeadlessProgress', printProgress);
     };
@@ -167,8 +182,9 @@ async function main() {
       }, basename(paths.baseModel)),
     );
     if (!imported.ok) throw imported.userError ? new InputError(imported.message) : new RunnerError(`importing the model: ${imported.message}`);
+    await importInitAdapter({ page, guard, fileInput, modelId: imported.modelId, initAdapter: paths.initAdapter });
 
-    const training = guard.step(
+    const train = (configYaml, haltAfterStep) => guard.step(
       'training',
       page.evaluate(
         async ({ modelId, configYaml, hasVal, haltAfterStep }) => {
@@ -190,9 +206,14 @@ async function main() {
             return { ok: false, message: e.message, userError: e.detail?.userError ?? false };
           }
         },
-        { modelId: imported.modelId, configYaml: paths.text, hasVal: paths.valData !== null, haltAfterStep: crashAtStep ?? undefined },
+        { modelId: imported.modelId, configYaml, hasVal: paths.valData !== null, haltAfterStep },
       ),
     );
+    if (sweep) {
+      await runSweep(sweep, train, paths.outputDir);
+      return;
+    }
+    const training = train(paths.text, crashAtStep ?? undefined);
     let result;
     const halt = crash ? await Promise.race([crash.halted, training.then(() => null)]) : null;
     if (halt) {
@@ -204,21 +225,50 @@ async function main() {
       if (crash && result.ok) throw new InputError(`--crash-at-step ${crash.step}: the run ended after ${result.run?.steps ?? 'its'} steps, before that step`);
     }
     if (!result.ok) throw result.userError ? new InputError(result.message) : new RunnerError(`training: ${result.message}`);
-    try {
-      for (const f of result.files) {
-        const target = join(paths.outputDir, f.path);
-        mkdirSync(dirname(target), { recursive: true });
-        writeFileSync(target, Buffer.from(f.base64, 'base64'));
-      }
-    } catch (e) {
-      throw new RunnerError(`writing the run's files into ${paths.outputDir}: ${firstLine(e)}`);
-    }
-    console.log(`run ${result.run.reason} after ${result.run.steps} steps; wrote ${result.files.length} files to ${paths.outputDir}`);
-    const summary = result.files.find((f) => f.path === 'run_summary.json');
-    if (summary) console.log(summaryLine(JSON.parse(Buffer.from(summary.base64, 'base64').toString('utf8'))));
+    writeRunFiles(paths.outputDir, result);
   } finally {
     await cleanUp();
   }
+}
+
+/** The run's exported files into its folder, and a line saying so. */
+function writeRunFiles(dir, result) {
+  try {
+    for (const f of result.files) {
+      const target = join(dir, f.path);
+      mkdirSync(dirname(target), { recursive: true });
+      writeFileSync(target, Buffer.from(f.base64, 'base64'));
+    }
+  } catch (e) {
+    throw new RunnerError(`writing the run's files into ${dir}: ${firstLine(e)}`);
+  }
+  console.log(`run ${result.run.reason} after ${result.run.steps} steps; wrote ${result.files.length} files to ${dir}`);
+  const summary = result.files.find((f) => f.path === 'run_summary.json');
+  if (summary) console.log(summaryLine(JSON.parse(Buffer.from(summary.base64, 'base64').toString('utf8'))));
+}
+
+/**
+ * The sweep's runs back to back on the one loaded model, each into output_dir/<its name>, then
+ * output_dir/sweep_summary.csv ranking them. A run that fails stops the sweep: the runs before it
+ * keep their folders.
+ */
+async function runSweep(sweep, train, outputDir) {
+  const done = [];
+  for (const [i, run] of sweep.runs.entries()) {
+    console.log(`sweep run ${i + 1} of ${sweep.runs.length}: ${run.name}`);
+    const result = await train(run.yaml, undefined);
+    if (!result.ok) throw result.userError ? new InputError(`${run.name}: ${result.message}`) : new RunnerError(`training ${run.name}: ${result.message}`);
+    writeRunFiles(join(outputDir, run.name), result);
+    done.push({ run, files: result.files });
+  }
+  const { csv, best } = await sweepSummary(sweep.keys, done);
+  const target = join(outputDir, 'sweep_summary.csv');
+  try {
+    writeFileSync(target, csv);
+  } catch (e) {
+    throw new RunnerError(`writing ${target}: ${firstLine(e)}`);
+  }
+  console.log(`sweep of ${sweep.runs.length} runs done; wrote ${target}${best ? `; best: ${best.folder}` : ''}`);
 }
 
 /** run_summary.json in one line: what the run held and how fast it went. */

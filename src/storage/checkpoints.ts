@@ -1,8 +1,9 @@
-import { UserError } from '../core/errors';
 import { CheckpointFormatError, decodeCheckpoint, encodeCheckpoint } from '../core/train/checkpoint-codec';
 import type { TrainerCheckpoint } from '../core/train/checkpoint';
+import type { MeasuredSoFar } from '../core/export/run-summary';
 import type { LoraLabDb } from './db';
-import { isQuotaError } from './quota';
+import { deleteSlices, joinSlices, slicesOf } from './chunked-records';
+import { isQuotaError, StorageFullError, storageFullIf } from './quota';
 
 /**
  * A run's checkpoints (core/train/checkpoint.ts) in IndexedDB: one record per checkpoint in `checkpoints`, its
@@ -26,6 +27,8 @@ export interface StoredCheckpoint {
    * a resume cuts the log back to them, so the steps after the checkpoint are logged once, by the resumed run.
    */
   readonly logChunks: number;
+  /** What run_summary.json counts (step times, peak memory, time) through this step, for a run resumed from it. */
+  readonly measured?: MeasuredSoFar;
 }
 
 /** A stored checkpoint read back: its record and what it holds. */
@@ -47,13 +50,15 @@ export const CHECKPOINT_CHUNK_BYTES = 16 * 1024 * 1024;
 /** Checkpoints kept per run unless told otherwise: the newest, and one before it in case the newest is damaged. */
 export const KEEP_CHECKPOINTS = 2;
 
-const ofRun = (runId: string) => IDBKeyRange.bound([runId], [runId, []]);
+const ofRun = slicesOf;
 const ofCheckpoint = (runId: string, step: number) => IDBKeyRange.bound([runId, step], [runId, step, []]);
 
 export interface SaveOptions {
   /** How many of the run's newest checkpoints to keep, this one included. Default KEEP_CHECKPOINTS. */
   readonly keep?: number;
   readonly chunkBytes?: number;
+  /** Stored on the record (see StoredCheckpoint.measured), in the same transaction as the checkpoint. */
+  readonly measured?: MeasuredSoFar;
 }
 
 /**
@@ -79,6 +84,7 @@ export async function saveCheckpoint(db: LoraLabDb, runId: string, ck: TrainerCh
       byteLength: bytes.byteLength,
       chunkCount: Math.max(1, Math.ceil(bytes.byteLength / chunkBytes)),
       logChunks: await tx.objectStore('logs').count(ofRun(runId)),
+      ...(options.measured ? { measured: options.measured } : {}),
     };
     // A rewrite of the same step may have had more slices: clear them first.
     await chunks.delete(ofCheckpoint(runId, ck.step));
@@ -99,10 +105,9 @@ export async function saveCheckpoint(db: LoraLabDb, runId: string, ck: TrainerCh
     abortQuietly(tx);
     // The transaction's own promise rejects too once aborted; that rejection is this one.
     tx.done.catch(() => undefined);
-    if (isQuotaError(e) || isQuotaError((e as { cause?: unknown })?.cause) || isQuotaError(tx.error)) {
-      throw new UserError('browser storage', `is full: the checkpoint at step ${ck.step} could not be stored (the previous one is kept).`, 'Delete models, datasets or runs you no longer need, then resume the run.');
-    }
-    throw e;
+    const full = () => new StorageFullError('browser storage', `is full: the checkpoint at step ${ck.step} could not be stored (the previous one is kept).`, 'Delete models, datasets or runs you no longer need, then resume the run.');
+    // The request's own error, or the aborted transaction's (where some browsers report the quota).
+    throw storageFullIf(e, full) !== e || isQuotaError(tx.error) ? full() : e;
   }
 }
 
@@ -128,9 +133,8 @@ export async function latestCheckpoint(db: LoraLabDb, runId: string): Promise<La
 }
 
 /** Every checkpoint of the run, in one transaction (a run's deletion includes them: see runs.ts, deleteRun). */
-export async function deleteCheckpoints(db: LoraLabDb, runId: string): Promise<void> {
-  const tx = db.transaction(['checkpoints', 'checkpointChunks'], 'readwrite');
-  await Promise.all([tx.objectStore('checkpoints').delete(ofRun(runId)), tx.objectStore('checkpointChunks').delete(ofRun(runId)), tx.done]);
+export function deleteCheckpoints(db: LoraLabDb, runId: string): Promise<void> {
+  return deleteSlices(db, ['checkpoints', 'checkpointChunks'], runId);
 }
 
 async function readBytes(db: LoraLabDb, record: StoredCheckpoint): Promise<Uint8Array> {
@@ -139,13 +143,7 @@ async function readBytes(db: LoraLabDb, record: StoredCheckpoint): Promise<Uint8
   if (chunks.length !== record.chunkCount || total !== record.byteLength) {
     throw new CheckpointFormatError(`checkpoint at step ${record.step}: ${chunks.length} of ${record.chunkCount} slices, ${total} of ${record.byteLength} bytes.`);
   }
-  const out = new Uint8Array(total);
-  let at = 0;
-  for (const c of chunks) {
-    out.set(new Uint8Array(c.bytes), at);
-    at += c.bytes.byteLength;
-  }
-  return out;
+  return joinSlices(chunks);
 }
 
 function abortQuietly(tx: IDBTransaction | { abort(): void }): void {

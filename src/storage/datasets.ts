@@ -2,8 +2,9 @@ import type { DatasetFormat, RecordKind } from '../core/data/formats/types';
 import { UserError } from '../core/errors';
 import type { ByteSource } from '../core/safetensors/source';
 import type { LoraLabDb } from './db';
-import { lockName, platformLocks, type Locks } from './locks';
-import { isQuotaError } from './quota';
+import { DATASET_RECORDS, deleteRecord, ownedBuffer, sweepUnfinishedRecords, writeSliced } from './chunked-records';
+import { platformLocks, type Locks } from './locks';
+import { StorageFullError } from './quota';
 
 /**
  * Datasets kept in IndexedDB: the file's raw bytes in slices (like model weights, so a large file is never
@@ -108,43 +109,30 @@ export async function storeDataset(db: LoraLabDb, source: ByteSource, options: S
     metaJson: options.metaJson ?? null,
     summary: options.summary ?? null,
   };
-  const locks = options.locks ?? platformLocks();
-  return locks.hold(lockName.datasetImport(dataset.id), () => writeDataset(db, source, dataset, options));
+  return writeSliced(db, {
+    kind: DATASET_RECORDS,
+    record: dataset,
+    locks: options.locks ?? platformLocks(),
+    writeSlices: () => writeSlices(db, source, dataset, options),
+    full: () => storageFull(options.name, source.size, options.freeBytes),
+    sweptByAnotherTab: () => new UserError(options.name, 'was removed by another LoRA Lab tab while it was being stored.', 'Import it again, with one tab open.'),
+  });
 }
 
-/** storeDataset's writes, run while the import's lock is held. */
-async function writeDataset(db: LoraLabDb, source: ByteSource, dataset: StoredDataset, options: StoreDatasetOptions): Promise<StoredDataset> {
+/** storeDataset's slices: the file's bytes as they came (the record is written around them). */
+async function writeSlices(db: LoraLabDb, source: ByteSource, dataset: StoredDataset, options: StoreDatasetOptions): Promise<void> {
   const { chunkBytes } = dataset;
-  try {
-    await db.put('datasets', dataset);
-    options.onProgress?.(0, source.size);
-    for (let index = 0; index < dataset.chunkCount; index++) {
-      options.signal?.throwIfAborted();
-      const begin = index * chunkBytes;
-      const end = Math.min(source.size, begin + chunkBytes);
-      const bytes = await source.read(begin, end);
-      if (bytes.byteLength !== end - begin) {
-        throw new UserError(options.name, 'became shorter while it was being stored: it was changed on disk.', 'Pick the file again.');
-      }
-      await db.put('datasetChunks', { datasetId: dataset.id, index, bytes: ownedBuffer(bytes) });
-      options.onProgress?.(end, source.size);
+  options.onProgress?.(0, source.size);
+  for (let index = 0; index < dataset.chunkCount; index++) {
+    options.signal?.throwIfAborted();
+    const begin = index * chunkBytes;
+    const end = Math.min(source.size, begin + chunkBytes);
+    const bytes = await source.read(begin, end);
+    if (bytes.byteLength !== end - begin) {
+      throw new UserError(options.name, 'became shorter while it was being stored: it was changed on disk.', 'Pick the file again.');
     }
-    // A tab that cannot see this import's lock sweeps records still marked 'importing'; if one did, slices are missing.
-    const tx = db.transaction('datasets', 'readwrite');
-    const current = await tx.store.get(dataset.id);
-    if (current?.status !== 'importing') {
-      tx.done.catch(() => undefined); // rejected by the abort below; the error thrown says why
-      tx.abort();
-      throw new UserError(options.name, 'was removed by another LoRA Lab tab while it was being stored.', 'Import it again, with one tab open.');
-    }
-    const ready: StoredDataset = { ...dataset, status: 'ready' };
-    await tx.store.put(ready);
-    await tx.done;
-    return ready;
-  } catch (e) {
-    await deleteDataset(db, dataset.id).catch(() => undefined);
-    if (isQuotaError(e)) throw storageFull(options.name, source.size, options.freeBytes);
-    throw e;
+    await db.put('datasetChunks', { datasetId: dataset.id, index, bytes: ownedBuffer(bytes) });
+    options.onProgress?.(end, source.size);
   }
 }
 
@@ -160,39 +148,16 @@ export async function getDataset(db: LoraLabDb, id: string): Promise<StoredDatas
 }
 
 /** Deletes a dataset's record and every slice of it, in one transaction. */
-export async function deleteDataset(db: LoraLabDb, id: string): Promise<void> {
-  const tx = db.transaction(['datasets', 'datasetChunks'], 'readwrite');
-  await Promise.all([
-    tx.objectStore('datasets').delete(id),
-    tx.objectStore('datasetChunks').delete(IDBKeyRange.bound([id], [id, []])),
-    tx.done,
-  ]);
+export function deleteDataset(db: LoraLabDb, id: string): Promise<void> {
+  return deleteRecord(db, DATASET_RECORDS, id);
 }
 
 /**
  * Removes imports that never finished (their tab closed or crashed half-way), leaving alone those a live tab still
- * writes (their lock is held); the status is read again inside the lock, as in sweepUnfinishedImports.
+ * writes (their lock is held); see chunked-records.ts.
  */
-export async function sweepUnfinishedDatasets(db: LoraLabDb, locks: Locks): Promise<number> {
-  const unfinished = (await db.getAll('datasets')).filter((d) => d.status === 'importing');
-  let removed = 0;
-  for (const d of unfinished) {
-    const swept = await locks.ifFree(lockName.datasetImport(d.id), () => deleteIfImporting(db, d.id));
-    if (swept.taken && swept.value) removed++;
-  }
-  return removed;
-}
-
-async function deleteIfImporting(db: LoraLabDb, id: string): Promise<boolean> {
-  const tx = db.transaction(['datasets', 'datasetChunks'], 'readwrite');
-  const record = await tx.objectStore('datasets').get(id);
-  const unfinished = record?.status === 'importing';
-  if (unfinished) {
-    await tx.objectStore('datasets').delete(id);
-    await tx.objectStore('datasetChunks').delete(IDBKeyRange.bound([id], [id, []]));
-  }
-  await tx.done;
-  return unfinished;
+export function sweepUnfinishedDatasets(db: LoraLabDb, locks: Locks): Promise<number> {
+  return sweepUnfinishedRecords(db, DATASET_RECORDS, locks);
 }
 
 /**
@@ -235,12 +200,5 @@ export function storedDatasetSource(db: LoraLabDb, dataset: StoredDataset): Byte
 
 function storageFull(name: string, needed: number, free: number | undefined): UserError {
   const room = free === undefined ? '' : ` (about ${(Math.max(0, free) / 1e6).toFixed(0)} MB are free)`;
-  return new UserError(name, `does not fit in this browser's storage: it needs ${(needed / 1e6).toFixed(1)} MB${room}.`, 'Delete datasets, runs or models you no longer need, then import it again.');
-}
-
-/** An ArrayBuffer holding exactly these bytes (a view's buffer may be larger, or shared with other data). */
-function ownedBuffer(bytes: Uint8Array): ArrayBuffer {
-  return bytes.byteOffset === 0 && bytes.byteLength === bytes.buffer.byteLength && bytes.buffer instanceof ArrayBuffer
-    ? bytes.buffer
-    : (bytes.slice().buffer as ArrayBuffer);
+  return new StorageFullError(name, `does not fit in this browser's storage: it needs ${(needed / 1e6).toFixed(1)} MB${room}.`, 'Delete datasets, runs or models you no longer need, then import it again.');
 }

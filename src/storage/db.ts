@@ -1,10 +1,12 @@
 import { openDB, type DBSchema, type IDBPDatabase } from 'idb';
 import type { RunConfig } from '../core/config';
 import type { Finding } from '../core/diagnose';
+import type { RunDataSummary } from '../core/export/model-card';
 import type { Dtype } from '../core/safetensors';
 import type { ImportedLog } from './imported-logs';
 import type { CheckpointChunk, StoredCheckpoint } from './checkpoints';
 import type { DatasetChunk, StoredDataset } from './datasets';
+import type { StoredAdapter } from './adapters';
 
 /** A base model as the library lists it. Its weights live in the `tensors` store. */
 export interface StoredModel {
@@ -21,6 +23,8 @@ export interface StoredModel {
     readonly config: string;
     readonly tokenizer: string;
     readonly tokenizerConfig: string | null;
+    /** generation_config.json as imported; absent in models stored before it was kept. */
+    readonly generationConfig?: string | null;
   };
   readonly tensors: readonly StoredTensorInfo[];
 }
@@ -28,6 +32,8 @@ export interface StoredModel {
 export interface StoredTensorInfo {
   /** Canonical (Hugging Face `*ForCausalLM`) name. */
   readonly name: string;
+  /** The name in the imported checkpoint when it differs (a GPT2Model save without `transformer.`); a merged model is written under it. */
+  readonly nameInFile?: string;
   readonly dtype: Dtype;
   readonly shape: readonly number[];
   readonly byteLength: number;
@@ -85,6 +91,8 @@ export type StoredDataRef = { readonly datasetId: string } | { readonly fileName
 export interface RunData {
   readonly train: StoredDataRef;
   readonly val: StoredDataRef | null;
+  /** Each file's format, kind, records and tokens as the run read them, for the model card. Absent on older runs. */
+  readonly summary?: RunDataSummary;
 }
 
 export interface Interruption {
@@ -137,10 +145,11 @@ export interface LoraLabSchema extends DBSchema {
   datasetChunks: { key: [string, number]; value: DatasetChunk };
   checkpoints: { key: [string, number]; value: StoredCheckpoint };
   checkpointChunks: { key: [string, number, number]; value: CheckpointChunk };
+  adapters: { key: [string, string]; value: StoredAdapter };
 }
 
 export const DB_NAME = 'lora-lab';
-const DB_VERSION = 5;
+const DB_VERSION = 6;
 
 export type LoraLabDb = IDBPDatabase<LoraLabSchema>;
 
@@ -175,6 +184,10 @@ export function openDatabase(): Promise<LoraLabDb> {
         // Training checkpoints for exact resume: a record per checkpoint and its bytes in slices (see checkpoints.ts).
         db.createObjectStore('checkpoints', { keyPath: ['runId', 'step'] });
         db.createObjectStore('checkpointChunks', { keyPath: ['runId', 'step', 'index'] });
+      }
+      if (oldVersion < 6) {
+        // PEFT adapters imported onto a model: one record each, keyed by model id and name (see adapters.ts).
+        db.createObjectStore('adapters', { keyPath: ['modelId', 'name'] });
       }
     },
     blocking() {

@@ -4,9 +4,9 @@ import { canonicalTensorName, checkTensors, parameterCount } from '../core/model
 import { loadTokenizer } from '../core/data/tokenizer';
 import { FiniteScan, readHeader, type ByteSource, type TensorEntry } from '../core/safetensors';
 import type { LoraLabDb, StoredModel, StoredTensorInfo } from './db';
-import { lockName, platformLocks, type Locks } from './locks';
-import { deleteModel } from './models';
-import { isQuotaError } from './quota';
+import { MODEL_RECORDS, ownedBuffer, writeSliced } from './chunked-records';
+import { platformLocks, type Locks } from './locks';
+import { StorageFullError } from './quota';
 
 /** Tensors are stored in slices of at most this size, so no huge tensor is held twice in memory. */
 export const CHUNK_BYTES = 16 * 1024 * 1024;
@@ -52,6 +52,9 @@ export async function importModel(db: LoraLabDb, files: readonly ByteSource[], o
   const tokenizerText = await readText(tokenizerFile);
   const tokenizerConfigFile = byName.get('tokenizer_config.json');
   const tokenizerConfigText = tokenizerConfigFile ? await readText(tokenizerConfigFile) : null;
+  // Kept only to be written back next to a merged model (core/export/merged-model.ts); nothing reads it here.
+  const generationConfigFile = byName.get('generation_config.json');
+  const generationConfigText = generationConfigFile ? await readText(generationConfigFile) : null;
 
   const config = parseModelConfigText(configText);
   const tokenizer = loadTokenizer(tokenizerText, tokenizerConfigText);
@@ -73,67 +76,49 @@ export async function importModel(db: LoraLabDb, files: readonly ByteSource[], o
     parameterCount: parameterCount(config),
     sizeBytes: totalBytes,
     importedAt: Date.now(),
-    files: { config: configText, tokenizer: tokenizerText, tokenizerConfig: tokenizerConfigText },
+    files: { config: configText, tokenizer: tokenizerText, tokenizerConfig: tokenizerConfigText, generationConfig: generationConfigText },
     tensors: plan.map((t) => t.info),
   };
 
-  const locks = options.locks ?? platformLocks();
-  return locks.hold(lockName.modelImport(model.id), () => writeModel(db, model, plan, chunkBytes, options));
+  return writeSliced(db, {
+    kind: MODEL_RECORDS,
+    record: model,
+    locks: options.locks ?? platformLocks(),
+    writeSlices: () => writeTensors(db, model, plan, chunkBytes, options),
+    full: () => storageFull(totalBytes, options.freeBytes),
+    sweptByAnotherTab: () => new UserError(options.name, 'was removed by another LoRA Lab tab while it was being imported.', 'Import it again, with one tab open.'),
+  });
 }
 
-/** importModel's writes, run while the import's lock is held. */
-async function writeModel(db: LoraLabDb, model: StoredModel, plan: readonly PlannedTensor[], chunkBytes: number, options: ImportOptions): Promise<StoredModel> {
+/** importModel's slices: every tensor's bytes, checked finite as they pass (the record is written around them). */
+async function writeTensors(db: LoraLabDb, model: StoredModel, plan: readonly PlannedTensor[], chunkBytes: number, options: ImportOptions): Promise<void> {
   const totalBytes = model.sizeBytes;
-  try {
-    // Inside the try: a full disk can refuse even this first small record, and must read as "storage full" too.
-    await db.put('models', model);
-    let doneBytes = 0;
-    options.onProgress?.({ doneBytes, totalBytes });
-    for (const { source, entry, info } of plan) {
-      // Checked as the bytes pass, before each slice is stored: a NaN weight would import, then make every
-      // loss NaN and every run "diverge" at its first step, far from the file that caused it.
-      const finite = new FiniteScan(info.dtype);
-      for (let index = 0; index < info.chunkCount; index++) {
-        options.signal?.throwIfAborted();
-        const begin = entry.begin + index * chunkBytes;
-        const end = Math.min(entry.end, begin + chunkBytes);
-        const bytes = await source.read(begin, end);
-        if (bytes.byteLength !== end - begin) {
-          throw new UserError(source.name, `ended early while reading tensor ${entry.name}: the file is truncated.`);
-        }
-        const bad = finite.push(bytes);
-        if (bad >= 0) {
-          throw new UserError(
-            source.name,
-            `holds a NaN or infinite value in tensor ${entry.name} (element ${bad} of ${info.shape.join('×')}). Nothing was kept.`,
-            'The checkpoint is damaged or was saved from a diverged run: use another one.',
-          );
-        }
-        await db.put('tensors', { modelId: model.id, tensor: info.name, index, bytes: ownedBuffer(bytes) });
-        doneBytes += bytes.byteLength;
-        options.onProgress?.({ doneBytes, totalBytes });
+  let doneBytes = 0;
+  options.onProgress?.({ doneBytes, totalBytes });
+  for (const { source, entry, info } of plan) {
+    // Checked as the bytes pass, before each slice is stored: a NaN weight would import, then make every
+    // loss NaN and every run "diverge" at its first step, far from the file that caused it.
+    const finite = new FiniteScan(info.dtype);
+    for (let index = 0; index < info.chunkCount; index++) {
+      options.signal?.throwIfAborted();
+      const begin = entry.begin + index * chunkBytes;
+      const end = Math.min(entry.end, begin + chunkBytes);
+      const bytes = await source.read(begin, end);
+      if (bytes.byteLength !== end - begin) {
+        throw new UserError(source.name, `ended early while reading tensor ${entry.name}: the file is truncated.`);
       }
+      const bad = finite.push(bytes);
+      if (bad >= 0) {
+        throw new UserError(
+          source.name,
+          `holds a NaN or infinite value in tensor ${entry.name} (element ${bad} of ${info.shape.join('×')}). Nothing was kept.`,
+          'The checkpoint is damaged or was saved from a diverged run: use another one.',
+        );
+      }
+      await db.put('tensors', { modelId: model.id, tensor: info.name, index, bytes: ownedBuffer(bytes) });
+      doneBytes += bytes.byteLength;
+      options.onProgress?.({ doneBytes, totalBytes });
     }
-    const ready: StoredModel = { ...model, status: 'ready' };
-    // A tab that cannot see this import's lock (no Web Locks on the origin, or an older LoRA Lab) sweeps
-    // records still marked 'importing' as a crash's leftovers; if that happened, some slices are gone and the
-    // model must not be marked ready.
-    const tx = db.transaction('models', 'readwrite');
-    const current = await tx.store.get(model.id);
-    if (current?.status !== 'importing') {
-      tx.done.catch(() => undefined); // the abort below rejects it; the error thrown says why
-      tx.abort();
-      throw new UserError(options.name, 'was removed by another LoRA Lab tab while it was being imported.', 'Import it again, with one tab open.');
-    }
-    await tx.store.put(ready);
-    await tx.done;
-    return ready;
-  } catch (e) {
-    // If even the clean-up fails, report the original problem: the record still says 'importing', so
-    // sweepUnfinishedImports removes the leftovers on the next start.
-    await deleteModel(db, model.id).catch(() => undefined);
-    if (isQuotaError(e)) throw storageFull(totalBytes, options.freeBytes);
-    throw e;
   }
 }
 
@@ -159,7 +144,7 @@ async function planTensors(
       plan.push({
         source,
         entry,
-        info: { name, dtype: entry.dtype, shape: entry.shape, byteLength, chunkCount: Math.max(1, Math.ceil(byteLength / chunkBytes)) },
+        info: { name, ...(entry.name === name ? {} : { nameInFile: entry.name }), dtype: entry.dtype, shape: entry.shape, byteLength, chunkCount: Math.max(1, Math.ceil(byteLength / chunkBytes)) },
       });
     }
   }
@@ -223,15 +208,9 @@ function baseName(path: string): string {
   return path.slice(path.lastIndexOf('/') + 1);
 }
 
-/** IndexedDB may keep a reference to what it is given: hand it an ArrayBuffer of exactly these bytes. */
-function ownedBuffer(bytes: Uint8Array): ArrayBuffer {
-  if (bytes.byteOffset === 0 && bytes.byteLength === bytes.buffer.byteLength && bytes.buffer instanceof ArrayBuffer) return bytes.buffer;
-  return bytes.slice().buffer as ArrayBuffer;
-}
-
 function storageFull(needed: number, free: number | undefined): UserError {
   const mb = (n: number) => `${(n / 1e6).toFixed(1)} MB`;
-  return new UserError(
+  return new StorageFullError(
     'browser storage',
     `is full: the model needs ${mb(needed)}${free !== undefined ? ` and only ${mb(Math.max(0, free))} is free` : ''}. Nothing was kept.`,
     'Delete models or runs you no longer need, then import again.',

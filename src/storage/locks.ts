@@ -20,6 +20,8 @@ export type Taken<T> = { readonly taken: true; readonly value: T } | { readonly 
 /** The names, one place: a typo in one of two copies would make a lock that protects nothing. */
 export const lockName = {
   run: (runId: string) => `lora-lab/run/${runId}`,
+  /** Held by the worker that trains, from before its model loads to the run's end: one training run per origin. */
+  training: 'lora-lab/training',
   modelImport: (modelId: string) => `lora-lab/import/model/${modelId}`,
   datasetImport: (datasetId: string) => `lora-lab/import/dataset/${datasetId}`,
 } as const;
@@ -68,6 +70,16 @@ export function localLocks(): Locks {
       return { taken: true, value: await hold(name, work) };
     },
   };
+}
+
+/**
+ * Whether some tab or worker of the origin holds `name` right now, asked without taking it: a tab that only watches
+ * (another tab's run) must never hold a lock the owner might want next. Without Web Locks nothing is seen as held.
+ */
+export async function isLockHeld(name: string): Promise<boolean> {
+  const manager = (globalThis as { navigator?: { locks?: LockManager } }).navigator?.locks;
+  if (!manager) return false;
+  return ((await manager.query()).held ?? []).some((lock) => lock.name === name);
 }
 
 let fallback: Locks | undefined;

@@ -11,6 +11,8 @@
  * (a worker's, or a test's IndexedDB polyfill), where instanceof is false for a real DOMException.
  */
 
+import { UserError } from '../core/errors';
+
 const QUOTA_NAMES: ReadonlySet<string> = new Set([
   'QuotaExceededError',
   'NS_ERROR_DOM_QUOTA_REACHED',
@@ -28,4 +30,34 @@ export function isQuotaError(e: unknown): boolean {
   if (typeof name === 'string' && QUOTA_NAMES.has(name)) return true;
   // A bare code means nothing on a plain Error (Node's errors carry string codes); only trust it on a DOMException-like.
   return typeof code === 'number' && QUOTA_CODES.has(code) && typeof name === 'string' && name !== 'Error';
+}
+
+/**
+ * "The browser's storage is full", said so the person can act: a UserError (one line, what could not be stored,
+ * what to free). Its own class so that a caller can tell it from other refusals: a training run pauses on it
+ * instead of failing (src/worker/storage-full.ts).
+ */
+export class StorageFullError extends UserError {}
+
+export function isStorageFull(e: unknown): boolean {
+  return e instanceof StorageFullError || isQuotaError(e);
+}
+
+/**
+ * The quota mapping every store uses: a quota error becomes `full()` (a StorageFullError, or a UserError of the
+ * caller's own wording); any other error is returned unchanged (a bug or a broken disk is not "storage full").
+ * Also looks at an aborted transaction's cause, where some browsers put the quota error.
+ */
+export function storageFullIf(e: unknown, full: () => UserError): unknown {
+  if (isQuotaError(e) || isQuotaError((e as { cause?: unknown } | null)?.cause)) return full();
+  return e;
+}
+
+/** Runs a write; a full disk becomes `full()`. */
+export async function mappingFullDisk<T>(write: () => Promise<T>, full: () => UserError): Promise<T> {
+  try {
+    return await write();
+  } catch (e) {
+    throw storageFullIf(e, full);
+  }
 }

@@ -1,10 +1,10 @@
-import { UserError } from '../core/errors';
 import type { LoraLabDb, MetricRow, RunArtifact, RunStatus, StoredRun } from './db';
+import { deleteRecord, joinSlices, RUN_RECORDS, slicesOf, sweepUnowned } from './chunked-records';
 import { lockName, type Locks } from './locks';
-import { isQuotaError } from './quota';
+import { mappingFullDisk, StorageFullError } from './quota';
 
 /** Whole-run key ranges: every key of a compound [runId, …] store that starts with runId. */
-const ofRun = (runId: string) => IDBKeyRange.bound([runId], [runId, []]);
+const ofRun = slicesOf;
 
 export async function listRuns(db: LoraLabDb): Promise<StoredRun[]> {
   return (await db.getAll('runs')).sort((a, b) => b.createdAt - a.createdAt);
@@ -18,15 +18,8 @@ export function getRun(db: LoraLabDb, id: string): Promise<StoredRun | undefined
  * Every write below goes through here: a full disk becomes one message the person can act on, naming what could
  * not be stored, instead of a bare DOMException whose name differs by browser.
  */
-async function storing<T>(what: string, write: () => Promise<T>): Promise<T> {
-  try {
-    return await write();
-  } catch (e) {
-    if (isQuotaError(e)) {
-      throw new UserError('browser storage', `is full: the run's ${what} could not be stored.`, 'Delete models, datasets or runs you no longer need, then start the run again.');
-    }
-    throw e;
-  }
+function storing<T>(what: string, write: () => Promise<T>): Promise<T> {
+  return mappingFullDisk(write, () => new StorageFullError('browser storage', `is full: the run's ${what} could not be stored.`, 'Delete models, datasets or runs you no longer need, then start the run again.'));
 }
 
 export function putRun(db: LoraLabDb, run: StoredRun): Promise<void> {
@@ -53,22 +46,16 @@ const LIVE: ReadonlySet<RunStatus> = new Set(['running', 'paused']);
  * lock while it trains, and a reloaded, closed or crashed tab has dropped it. Runs whose lock is held are another
  * tab's live runs and are left alone. Returns how many were marked.
  */
-export async function markInterruptedRuns(db: LoraLabDb, locks: Locks): Promise<number> {
-  const candidates = (await db.getAll('runs')).filter((r) => LIVE.has(r.status));
-  let marked = 0;
-  for (const run of candidates) {
-    const result = await locks.ifFree(lockName.run(run.id), async () => {
-      // Read again inside the lock: the run may have ended between the listing and the lock.
-      const tx = db.transaction('runs', 'readwrite');
-      const current = await tx.store.get(run.id);
-      const orphaned = current !== undefined && LIVE.has(current.status);
-      if (orphaned) await tx.store.put({ ...current, status: 'interrupted', updatedAt: Date.now() });
-      await tx.done;
-      return orphaned;
-    });
-    if (result.taken && result.value) marked++;
-  }
-  return marked;
+export function markInterruptedRuns(db: LoraLabDb, locks: Locks): Promise<number> {
+  return sweepUnowned<StoredRun>(db, RUN_RECORDS, locks, (r) => LIVE.has(r.status), async (id) => {
+    // Read again inside the lock: the run may have ended between the listing and the lock.
+    const tx = db.transaction('runs', 'readwrite');
+    const current = await tx.store.get(id);
+    const orphaned = current !== undefined && LIVE.has(current.status);
+    if (orphaned) await tx.store.put({ ...current, status: 'interrupted', updatedAt: Date.now() });
+    await tx.done;
+    return orphaned;
+  });
 }
 
 /** A run on `modelId` that a live tab trains right now (its lock is held), if there is one. */
@@ -82,17 +69,8 @@ export async function liveRunOnModel(db: LoraLabDb, modelId: string, locks: Lock
 }
 
 /** Deletes a run and everything it produced, its checkpoints included, in one transaction. */
-export async function deleteRun(db: LoraLabDb, id: string): Promise<void> {
-  const tx = db.transaction(['runs', 'metrics', 'logs', 'artifacts', 'checkpoints', 'checkpointChunks'], 'readwrite');
-  await Promise.all([
-    tx.objectStore('runs').delete(id),
-    tx.objectStore('metrics').delete(ofRun(id)),
-    tx.objectStore('logs').delete(ofRun(id)),
-    tx.objectStore('artifacts').delete(ofRun(id)),
-    tx.objectStore('checkpoints').delete(ofRun(id)),
-    tx.objectStore('checkpointChunks').delete(ofRun(id)),
-    tx.done,
-  ]);
+export function deleteRun(db: LoraLabDb, id: string): Promise<void> {
+  return deleteRecord(db, RUN_RECORDS, id);
 }
 
 /** Adds or completes a row (an eval result lands on the same step as its training row). */
@@ -138,14 +116,7 @@ export async function appendLog(db: LoraLabDb, runId: string, bytes: Uint8Array)
 
 /** The whole event file as flushed so far. */
 export async function readLog(db: LoraLabDb, runId: string): Promise<Uint8Array> {
-  const chunks = await db.getAll('logs', ofRun(runId));
-  const out = new Uint8Array(chunks.reduce((n, c) => n + c.bytes.byteLength, 0));
-  let offset = 0;
-  for (const c of chunks) {
-    out.set(new Uint8Array(c.bytes), offset);
-    offset += c.bytes.byteLength;
-  }
-  return out;
+  return joinSlices(await db.getAll('logs', ofRun(runId)));
 }
 
 export async function putArtifact(db: LoraLabDb, runId: string, path: string, bytes: Uint8Array | string): Promise<void> {

@@ -8,14 +8,19 @@ import { sweepUnfinishedDatasets } from '../storage/datasets';
 import { openDatabase } from '../storage/db';
 import { importModel } from '../storage/import-model';
 import { platformLocks } from '../storage/locks';
-import { deleteModel, sweepUnfinishedImports } from '../storage/models';
+import { deleteModel, getModel, sweepUnfinishedImports } from '../storage/models';
 import { getRun, liveRunOnModel, markInterruptedRuns } from '../storage/runs';
 import { selectBackend } from './backend';
 import { estimateStoredRun, importDatasetFile, previewStoredDataset } from './datasets';
 import { ModelSlot } from './loaded-model';
+import { evaluateStoredAdapter, importAdapterFiles } from './stored-adapters';
+import { asTheOneTrainer } from './one-trainer';
 import type { ErrorDetail, Request, RequestName, Requests, Response, RunControl, ToWorker } from './protocol';
 import { resumeRequestOf } from './resume';
-import { exportRunFiles, trainLora, type RunContext } from './training-run';
+import { exportRunFiles } from './run-files';
+import { trainLora, type RunContext } from './training-run';
+import { mergeFinishedRun } from './merged-export';
+import { adaptedLogits, compareSideBySide } from './playground';
 
 declare const self: DedicatedWorkerGlobalScope;
 
@@ -63,19 +68,29 @@ const handlers: { [K in RequestName]: Handler<K> } = {
     return { promptTokens: ids.length, next, continuation };
   },
 
-  async logits({ modelId, tokens }, ctx) {
+  async logits({ modelId, tokens, adapter }, ctx) {
     const { model } = await loadModel(modelId, ctx);
+    if (adapter) {
+      const values = await adaptedLogits(await openDatabase(), await storedModelOf(modelId), model, tokens, adapter.source, adapter.scale);
+      return { logits: values, vocabSize: model.config.vocabSize, weightBytes: baseWeightBytes(model) };
+    }
     const logits = tf.tidy(() => model.forward(tf.tensor2d(tokens, [1, tokens.length], 'int32')));
     const values = (await logits.data()) as Float32Array;
     logits.dispose();
     return { logits: values, vocabSize: model.config.vocabSize, weightBytes: baseWeightBytes(model) };
   },
 
+  async compare(payload, ctx) {
+    const loaded = await loadModel(payload.modelId, ctx);
+    return compareSideBySide(await openDatabase(), await storedModelOf(payload.modelId), loaded, payload);
+  },
+
   async train(payload, ctx) {
     // Before the first await: of two train messages, the second finds the slot pinned and is refused.
     const pin = models.pin(payload.modelId);
     try {
-      return await trainLora(await openDatabase(), payload, ctx, { pin, locks });
+      // Another tab's worker may be training: refused too (one run per origin, see one-trainer.ts).
+      return await asTheOneTrainer(locks, async () => trainLora(await openDatabase(), payload, ctx, { pin, locks }));
     } finally {
       pin.release();
     }
@@ -89,7 +104,7 @@ const handlers: { [K in RequestName]: Handler<K> } = {
       const run = await getRun(db, runId);
       if (!run) throw new UserError('run', 'is not stored any more.');
       if (run.modelId !== modelId) throw new Error(`resumeRun: run ${runId} trains model ${run.modelId}, not ${modelId}`);
-      return await trainLora(db, resumeRequestOf(run), ctx, { pin, locks }, run);
+      return await asTheOneTrainer(locks, () => trainLora(db, resumeRequestOf(run), ctx, { pin, locks }, run));
     } finally {
       pin.release();
     }
@@ -111,6 +126,10 @@ const handlers: { [K in RequestName]: Handler<K> } = {
     return { files: await exportRunFiles(await openDatabase(), runId) };
   },
 
+  async mergeRun({ runId }, ctx) {
+    return mergeFinishedRun(await openDatabase(), runId, (p) => ctx.progress(p), ctx.signal);
+  },
+
   async importDataset(payload, ctx) {
     return importDatasetFile(await openDatabase(), payload, ctx);
   },
@@ -122,7 +141,22 @@ const handlers: { [K in RequestName]: Handler<K> } = {
   async estimateRun(payload, ctx) {
     return estimateStoredRun(await openDatabase(), payload, ctx);
   },
+
+  async importAdapter(payload, ctx) {
+    return { adapter: await importAdapterFiles(await openDatabase(), payload, ctx) };
+  },
+
+  async evaluateAdapter(payload, ctx) {
+    const loaded = await loadModel(payload.modelId, ctx);
+    return evaluateStoredAdapter(await openDatabase(), payload, loaded, ctx);
+  },
 };
+
+async function storedModelOf(modelId: string) {
+  const stored = await getModel(await openDatabase(), modelId);
+  if (!stored) throw new UserError('model', 'is not in the library any more.', 'Import it again.');
+  return stored;
+}
 
 function loadModel(modelId: string, ctx: Context) {
   return openDatabase().then((db) =>

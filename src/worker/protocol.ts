@@ -1,6 +1,9 @@
 import type { Finding } from '../core/diagnose';
 import type { StoredDataset } from '../storage/datasets';
 import type { DatasetPreview, DatasetRef, EstimateRequest, EstimateResult } from './datasets';
+import type { AdapterInfo } from '../storage/adapters';
+import type { AdapterEvalRequest, AdapterEvalResult } from './stored-adapters';
+import type { CompareRequest, CompareResult, PlaygroundAdapter } from './playground';
 
 /**
  * The one contract between the UI thread and the training worker. Every request carries an id;
@@ -44,7 +47,8 @@ export type RunEvent =
   | { kind: 'metric'; step: number; name: string; value: number }
   | { kind: 'eval'; step: number; loss: number }
   | { kind: 'diagnosis'; findings: Finding[] }
-  | { kind: 'paused' }
+  /** reason: why the run paused itself (a full disk, see storage-full.ts); absent when the person paused it. */
+  | { kind: 'paused'; reason?: string }
   | { kind: 'resumed' }
   /** Only with `haltAfterStep`: step N is done and stored, and the worker has stopped dead (see halt.ts). */
   | { kind: 'halted'; step: number };
@@ -71,7 +75,8 @@ export interface Requests {
   deleteModel: { payload: { modelId: string }; result: { modelId: string } };
   /** Raw logits for given token ids (the Playground's numbers, and parity checks against references). */
   logits: {
-    payload: { modelId: string; tokens: number[] };
+    /** adapter: through base + that adapter scaled by `scale` (the playground's numbers); absent: the base model. */
+    payload: { modelId: string; tokens: number[]; adapter?: { source: PlaygroundAdapter; scale: number } };
     /** weightBytes: what the model's weights hold on the backend (packed or quantized weights hold less). */
     result: { logits: Float32Array; vocabSize: number; weightBytes: number };
   };
@@ -99,12 +104,20 @@ export interface Requests {
   resumeRun: { payload: { runId: string; modelId: string }; result: TrainResult };
   /** Every file of a run's output folder (adapter, logs, config.yaml, metrics.csv, diagnosis.json). */
   exportRun: { payload: { runId: string }; result: { files: ExportedFile[] } };
+  /** The "Merge into a model" button: writes merged/ (the base model with the run's adapter folded in) into the run's output; result: its paths. */
+  mergeRun: { payload: { runId: string }; result: { files: string[] } };
+  /** The playground's side by side: one prompt through the base model and base + adapter (scaled), same seed and sampling. */
+  compare: { payload: CompareRequest; result: CompareResult };
   /** Checks a dataset file with the model's tokenizer, then stores it (nothing is stored when the check fails). */
   importDataset: { payload: { modelId: string; file: File; meta: File | null }; result: { dataset: StoredDataset } };
   /** The first records of a stored dataset as the model sees them, and its counts at seq_len. */
   previewDataset: { payload: { modelId: string; datasetId: string; seqLen: number; count: number }; result: DatasetPreview };
   /** Memory, steps and warnings for a config and the chosen data, before anything is loaded. */
   estimateRun: { payload: EstimateRequest; result: EstimateResult };
+  /** Checks a PEFT adapter folder's files against a stored model, then stores it under `name` (nothing is stored when a check fails). */
+  importAdapter: { payload: { modelId: string; name: string; files: File[] }; result: { adapter: AdapterInfo } };
+  /** The eval loss on a dataset of the base model with a stored adapter (adapter null: the base model alone). */
+  evaluateAdapter: { payload: AdapterEvalRequest; result: AdapterEvalResult };
 }
 
 export interface TrainResult {

@@ -29,27 +29,20 @@ export function resumeRequestOf(run: StoredRun): TrainRequest {
 
 /**
  * The curves the diagnosis had seen by `step`, rebuilt from the stored rows the way diagnosisCallbacks records them:
- * with logSteps 0 every step's loss; otherwise, at each log step, the mean of the losses since the previous one,
- * summed in the same order as the trainer sums them, so the numbers are the same to the last bit.
+ * every step's loss, gradient norm and learning rate (whatever log_steps was), and every evaluation, the one at
+ * step 0 (before training) included. Rows after `step` belong to the steps the resumed run takes again.
  */
-export function diagnosisHistoryOf(rows: readonly MetricRow[], step: number, logSteps: number): Omit<RunHistory, 'totalSteps'> {
+export function diagnosisHistoryOf(rows: readonly MetricRow[], step: number): Omit<RunHistory, 'totalSteps'> {
   const trainLoss: CurvePoint[] = [];
   const gradNorm: CurvePoint[] = [];
   const learningRate: CurvePoint[] = [];
   const evalLoss: CurvePoint[] = [];
-  let sinceLog: number[] = [];
   for (const row of [...rows].sort((a, b) => a.step - b.step)) {
     if (row.step > step) break;
     if (row.loss !== null) {
-      sinceLog.push(row.loss);
-      const logged = logSteps === 0 || row.step % logSteps === 0;
-      if (logged) {
-        const value = logSteps === 0 ? row.loss : sinceLog.reduce((s, x) => s + x, 0) / sinceLog.length;
-        sinceLog = [];
-        trainLoss.push({ step: row.step, value });
-        if (row.gradNorm !== null) gradNorm.push({ step: row.step, value: row.gradNorm });
-        if (row.learningRate !== null) learningRate.push({ step: row.step, value: row.learningRate });
-      }
+      trainLoss.push({ step: row.step, value: row.loss });
+      if (row.gradNorm !== null) gradNorm.push({ step: row.step, value: row.gradNorm });
+      if (row.learningRate !== null) learningRate.push({ step: row.step, value: row.learningRate });
     }
     if (row.evalLoss !== null) evalLoss.push({ step: row.step, value: row.evalLoss });
   }

@@ -1,5 +1,5 @@
 import * as tf from '@tensorflow/tfjs';
-import { summarizeRun, type RunSummary, type StepTiming } from '../core/export/run-summary';
+import { mergeMeasurements, summarizeRun, type MeasuredSoFar, type NumberedStepTiming, type RunSummary } from '../core/export/run-summary';
 import type { LossFn } from '../core/train/batch';
 import { baseWeightBytes, watchPeakBytes } from '../core/train/device-memory';
 import type { CausalLM } from '../core/models/model';
@@ -13,19 +13,32 @@ export interface RunMeasure {
   readonly callbacks: TrainerCallbacks;
   /** Ends the measurement (memory watch, total time): call when training ends, however it ends. Idempotent. */
   stop(): void;
-  /** The run summed up, as of stop(). */
+  /**
+   * What the whole run has measured by `step` (earlier segments included): stored with the checkpoint of that step,
+   * so that a run resumed from it goes on counting from there (see `earlier` of measureRun).
+   */
+  soFar(step: number): MeasuredSoFar;
+  /** The run summed up, as of stop(), every segment of a resumed run included. */
   summary(): RunSummary;
+}
+
+/** A resumed run's measurements before this segment: those stored with the checkpoint it resumed from. */
+export interface EarlierSegments {
+  readonly measured: MeasuredSoFar;
+  /** The checkpoint's step: this segment trains the steps after it. */
+  readonly fromStep: number;
 }
 
 /**
  * Measures one training run for run_summary.json: memory (tfjs's high-water mark, the wasm heap),
  * the base weights as held, and each step's time and tokens. Started once the model is loaded, so
- * the peak includes its weights. Nothing here reads back from the device or waits.
+ * the peak includes its weights. Nothing here reads back from the device or waits. A resumed run passes
+ * what was measured before its checkpoint (`earlier`), so that its summary counts every step of the run once.
  */
-export function measureRun(model: Pick<CausalLM, 'weights'>): RunMeasure {
+export function measureRun(model: Pick<CausalLM, 'weights'>, earlier: EarlierSegments | null = null): RunMeasure {
   const peak = watchPeakBytes();
   const started = now();
-  const steps: StepTiming[] = [];
+  const steps: NumberedStepTiming[] = [];
   let current: { step: number; start: number; tokens: number } | null = null;
   let ended: number | null = null;
   let heap: number | null = null;
@@ -38,7 +51,7 @@ export function measureRun(model: Pick<CausalLM, 'weights'>): RunMeasure {
     callbacks: {
       onStepEnd(m) {
         // StepMetrics.step is 1-based; LossContext.step is the 0-based step being computed.
-        if (current?.step === m.step - 1) steps.push({ seconds: (now() - current.start) / 1000, tokens: current.tokens });
+        if (current?.step === m.step - 1) steps.push({ step: m.step, seconds: (now() - current.start) / 1000, tokens: current.tokens });
         current = null;
       },
     },
@@ -48,18 +61,25 @@ export function measureRun(model: Pick<CausalLM, 'weights'>): RunMeasure {
       peak.stop();
       heap = wasmHeapBytes();
     },
+    soFar(step) {
+      return measured(step);
+    },
     summary() {
-      return summarizeRun({
-        backend: tf.getBackend(),
-        adapter: adapterDescription(),
-        peakMemoryBytes: peak.peakBytes(),
-        baseWeightBytes: baseWeightBytes(model),
-        wasmHeapBytes: ended === null ? wasmHeapBytes() : heap,
-        steps,
-        totalSeconds: ((ended ?? now()) - started) / 1000,
-      });
+      const whole = measured(Number.POSITIVE_INFINITY);
+      return summarizeRun({ backend: tf.getBackend(), adapter: adapterDescription(), baseWeightBytes: baseWeightBytes(model), ...whole });
     },
   };
+
+  /** This segment's measurements through `step`, after those of the segments before it. */
+  function measured(step: number): MeasuredSoFar {
+    const segment: MeasuredSoFar = {
+      steps: steps.filter((s) => s.step <= step),
+      peakMemoryBytes: peak.peakBytes(),
+      wasmHeapBytes: ended === null ? wasmHeapBytes() : heap,
+      totalSeconds: ((ended ?? now()) - started) / 1000,
+    };
+    return earlier ? mergeMeasurements(earlier.measured, earlier.fromStep, segment) : segment;
+  }
 }
 
 function now(): number {

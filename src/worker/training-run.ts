@@ -6,27 +6,33 @@ import { diagnosisCallbacks } from '../core/diagnose/callbacks';
 import type { Finding } from '../core/diagnose';
 import { UserError } from '../core/errors';
 import { exportPeftAdapter } from '../core/export';
-import { diagnosisJson, metricsCsv } from '../core/export/run-files';
-import { runSummaryJson, type RunSummary } from '../core/export/run-summary';
+import { diagnosisJson } from '../core/export/run-files';
+import { runSummaryJson, type AdapterOrigin, type RunSummary } from '../core/export/run-summary';
 import { EventFileWriter } from '../core/logging';
 import { sessionStartEvent } from '../core/logging/session-log';
 import { tensorBoardCallbacks } from '../core/logging/tensorboard-callbacks';
 import { LoraAdapter } from '../core/lora';
+import { configWithInitAdapter, writtenConfigKeys } from '../core/lora/adapter-check';
 import { generate } from '../core/models/generate';
 import { checkResumable, composeCallbacks, customMetricCallbacks, loraEvalLossFn, loraLossFn, PERPLEXITY, Trainer, type CustomMetric, type LossFn, type TrainerCallbacks } from '../core/train';
 import { latestCheckpoint, saveCheckpoint } from '../storage/checkpoints';
 import type { Interruption, LoraLabDb, StoredModel, StoredRun } from '../storage/db';
 import { lockName, type Locks } from '../storage/locks';
 import { getModel } from '../storage/models';
-import { appendLog, putArtifact, putMetric, putRun, readArtifacts, readLog, readMetrics, getRun, updateRun } from '../storage/runs';
+import { appendLog, putArtifact, putMetric, putRun, readMetrics, updateRun } from '../storage/runs';
 import { rewindRun } from '../storage/resume';
+import { bestAdapterKeeper } from './best-adapter';
 import { readRunData, type DatasetRef } from './datasets';
+import { readStoredAdapter, storedModelShape } from './stored-adapters';
+import { dataFileSummaryOf } from './run-files';
 import type { LoadedModel, ModelPin } from './loaded-model';
-import type { ExportedFile, Progress, RunControl, RunEvent } from './protocol';
+import type { Progress, RunControl, RunEvent } from './protocol';
 import { haltingAfter } from './halt';
 import { continuingWriter, diagnosisHistoryOf, storedDataOf } from './resume';
 import { measureRun } from './run-measure';
+import { writeMergedFromAdapterFiles } from './merged-export';
 import { checkWasmFits, runFailure } from './wasm-memory';
+import { pauseOnFullStorage } from './storage-full';
 
 export interface RunContext {
   readonly signal: AbortSignal;
@@ -63,12 +69,15 @@ const LOG_HOST = 'lora-lab';
  */
 export async function trainLora(db: LoraLabDb, request: TrainRequest, ctx: RunContext, owner: RunOwner, resumeOf?: StoredRun) {
   if (owner.pin.modelId !== request.modelId) throw new Error(`trainLora: the slot is pinned to ${owner.pin.modelId}, not ${request.modelId}`);
-  const { config } = unwrapRunConfig(parseRunConfigYaml(request.configYaml, 'config.yaml'));
+  let { config } = unwrapRunConfig(parseRunConfigYaml(request.configYaml, 'config.yaml'));
   if (config.backend !== 'auto' && config.backend !== tf.getBackend()) {
     throw new UserError('backend', `is ${config.backend} in the config, but the engine runs on ${tf.getBackend()}.`, `Switch the Backend setting to ${config.backend}, or set backend: auto.`);
   }
   const stored = await getModel(db, request.modelId);
   if (!stored) throw new UserError('base_model', 'is not in the model library any more.', 'Import the model again.');
+  // init_adapter: the run starts from an adapter stored with the model and takes its r, lora_alpha and targets.
+  const init = config.init_adapter === null ? null : await readStoredAdapter(db, stored, config.init_adapter, 'init_adapter');
+  if (init) config = configWithInitAdapter(config, writtenConfigKeys(request.configYaml), { name: init.record.name, settings: init.settings }, storedModelShape(stored));
   // Before any weight is loaded: past wasm's memory ceiling its module aborts, and the backend with it.
   if (tf.getBackend() === 'wasm') checkWasmFits(stored, config);
   const placement = placementFor(config.base_quantization);
@@ -80,20 +89,23 @@ export async function trainLora(db: LoraLabDb, request: TrainRequest, ctx: RunCo
   }
 
   // Stored datasets and picked files are read the same way the Data panel's check and preview read them.
-  const read = async (ref: DatasetRef) => (await readRunData(db, ref, stored, tokenizer, ctx)).docs;
-  let trainDocs: TokenizedDoc[] = await read(request.trainData);
-  let valDocs: TokenizedDoc[] = request.valData ? await read(request.valData) : [];
+  const trainSet = await readRunData(db, request.trainData, stored, tokenizer, ctx);
+  const valSet = request.valData ? await readRunData(db, request.valData, stored, tokenizer, ctx) : null;
+  let trainDocs: TokenizedDoc[] = trainSet.docs;
+  let valDocs: TokenizedDoc[] = valSet?.docs ?? [];
   if (!request.valData && config.val_split > 0) {
     ({ train: trainDocs, validation: valDocs } = splitValidation(trainDocs, config.val_split, config.seed));
   }
   const train = trainWindows(packStream(trainDocs, tokenizer.eosId), config.seq_len);
   const evalSet = evalWindows(packStream(valDocs, tokenizer.eosId), config.seq_len);
 
-  const adapter = LoraAdapter.create(model, loraSettingsOf(config, model.config.arch), config.seed);
+  const settings = loraSettingsOf(config, model.config.arch);
+  const adapter = init ? LoraAdapter.fromTensors(model, settings, init.tensors) : LoraAdapter.create(model, settings, config.seed);
   try {
     // A resumed run keeps its record (and id); its checkpoint's values replace the adapter's initial ones.
     const runId = resumeOf?.id ?? crypto.randomUUID();
-    const data = storedDataOf(request.trainData, request.valData);
+    // The files' counts ride along for the model card (run-files.ts).
+    const data = { ...storedDataOf(request.trainData, request.valData), summary: { train: dataFileSummaryOf(trainSet), val: valSet && dataFileSummaryOf(valSet) } };
     // Held from before the run is stored as running until its final status is written (or the tab dies).
     return await owner.locks.hold(lockName.run(runId), () =>
       runTrainer(db, runId, { config, stored, model, tokenizer, adapter, train, evalSet, data, resuming: resumeOf !== undefined, haltAfterStep: request.haltAfterStep }, ctx),
@@ -122,9 +134,10 @@ async function runTrainer(db: LoraLabDb, runId: string, p: Prepared, ctx: RunCon
   const hasEval = p.evalSet.count > 0;
 
   // Memory and step times for run_summary.json, from here (the model loaded) to the end of training.
-  const measure = measureRun(model);
   const resumed = p.resuming ? await latestCheckpoint(db, runId) : null;
   const from = resumed?.checkpoint ?? null;
+  // A resumed run goes on from what was measured up to its checkpoint, so run_summary.json counts each step once.
+  const measure = measureRun(model, resumed?.record.measured ? { measured: resumed.record.measured, fromStep: resumed.record.step } : null);
   // Callbacks that need the trainer's plan are built after it; the trainer reads them late.
   let callbacks: TrainerCallbacks = {};
   const trainer = new Trainer({
@@ -185,8 +198,20 @@ async function runTrainer(db: LoraLabDb, runId: string, p: Prepared, ctx: RunCon
       fromStep: from?.step ?? 0,
     });
 
+    // The callbacks' writes go through `kept`: a full disk pauses the run until Resume retries the write (storage-full.ts).
+    const storage = pauseOnFullStorage({
+      paused(message) {
+        ctx.event({ kind: 'paused', reason: message });
+        void updateRun(db, runId, { status: 'paused', error: message }).catch(() => undefined); // the disk is full: best effort
+      },
+    });
+    const kept = storage.write;
+
     // Built-in callbacks, each one concern; a custom metric would be one more set in this list.
     const sets: TrainerCallbacks[] = [measure.callbacks];
+    // The adapter of the best evaluation, kept next to the last one; the output holds it (see best-adapter.ts).
+    const bestKept = bestAdapterKeeper(db, runId, () => exportPeftAdapter(model, adapter, stored.name), from?.bestEval ?? null, kept);
+    sets.push(bestKept.callbacks);
     // Early stopping goes on counting from the checkpoint.
     let bestEvalLoss: number | null = from?.bestEval?.loss ?? null;
     let evalsWithoutImprovement = from?.bestEval?.evalsSince ?? 0;
@@ -194,8 +219,8 @@ async function runTrainer(db: LoraLabDb, runId: string, p: Prepared, ctx: RunCon
     sets.push({
       async onStepEnd(m) {
         ctx.event({ kind: 'step', ...m });
-        await putMetric(db, { runId, step: m.step, epoch: m.epoch, loss: m.loss, learningRate: m.learningRate, gradNorm: m.gradNorm, tokensPerSecond: m.tokensPerSecond, skippedSteps: m.skippedSteps, evalLoss: null, custom: {} });
-        if (m.step % 10 === 0 || m.step === trainer.totalSteps) await updateRun(db, runId, { step: m.step });
+        await kept('curves', () => putMetric(db, { runId, step: m.step, epoch: m.epoch, loss: m.loss, learningRate: m.learningRate, gradNorm: m.gradNorm, tokensPerSecond: m.tokensPerSecond, skippedSteps: m.skippedSteps, evalLoss: null, custom: {} }));
+        if (m.step % 10 === 0 || m.step === trainer.totalSteps) await kept('record', () => updateRun(db, runId, { step: m.step }));
       },
       // No row for a skipped update (nothing was applied); the UI shows the count, the next row carries it.
       onSkip(s) {
@@ -203,11 +228,11 @@ async function runTrainer(db: LoraLabDb, runId: string, p: Prepared, ctx: RunCon
       },
       async onEval(e) {
         ctx.event({ kind: 'eval', step: e.step, loss: e.loss });
-        await putMetric(db, { runId, step: e.step, epoch: null, loss: null, learningRate: null, gradNorm: null, tokensPerSecond: null, evalLoss: e.loss, custom: {} });
+        await kept('curves', () => putMetric(db, { runId, step: e.step, epoch: null, loss: null, learningRate: null, gradNorm: null, tokensPerSecond: null, evalLoss: e.loss, custom: {} }));
         const improved = bestEvalLoss === null || e.loss < bestEvalLoss;
         if (improved) bestEvalLoss = e.loss;
         evalsWithoutImprovement = improved ? 0 : evalsWithoutImprovement + 1;
-        await updateRun(db, runId, { bestEvalLoss });
+        await kept('record', () => updateRun(db, runId, { bestEvalLoss }));
         if (config.early_stopping_patience > 0 && evalsWithoutImprovement >= config.early_stopping_patience) return { stop: 'early_stopped' };
       },
     });
@@ -225,7 +250,7 @@ async function runTrainer(db: LoraLabDb, runId: string, p: Prepared, ctx: RunCon
         writer.addText('config', runConfigToYaml(config), 0, wallTime);
       }
       await appendLog(db, runId, writer.takePending());
-      logger = tensorBoardCallbacks({ writer, flush: (bytes) => appendLog(db, runId, bytes), adapter: { matrices: () => adapterMatrices(adapter) } });
+      logger = tensorBoardCallbacks({ writer, flush: (bytes) => kept('TensorBoard log', () => appendLog(db, runId, bytes)), adapter: { matrices: () => adapterMatrices(adapter) } });
       sets.push(logger);
     }
 
@@ -234,18 +259,17 @@ async function runTrainer(db: LoraLabDb, runId: string, p: Prepared, ctx: RunCon
     sets.push(
       customMetricCallbacks(customMetrics, async ({ step, name, value }) => {
         ctx.event({ kind: 'metric', step, name, value });
-        await putMetric(db, { runId, step, epoch: null, loss: null, learningRate: null, gradNorm: null, tokensPerSecond: null, evalLoss: null, custom: { [name]: value } });
+        await kept('curves', () => putMetric(db, { runId, step, epoch: null, loss: null, learningRate: null, gradNorm: null, tokensPerSecond: null, evalLoss: null, custom: { [name]: value } }));
         await logger?.addScalar(name, value, step);
       }),
     );
 
     const diagnosis = diagnosisCallbacks({
       totalSteps: trainer.totalSteps,
-      logEveryStep: config.log_steps === 0,
-      initial: from ? diagnosisHistoryOf(await readMetrics(db, runId), from.step, config.log_steps) : undefined,
+      initial: from ? diagnosisHistoryOf(await readMetrics(db, runId), from.step) : undefined,
       async onFindings(findings) {
         ctx.event({ kind: 'diagnosis', findings });
-        await updateRun(db, runId, { findings });
+        await kept('record', () => updateRun(db, runId, { findings }));
         const last = diagnosis.history().trainLoss.at(-1)?.step ?? 0;
         await logger?.addText('diagnosis', findingsText(findings), last);
       },
@@ -270,14 +294,14 @@ async function runTrainer(db: LoraLabDb, runId: string, p: Prepared, ctx: RunCon
       sets.push({
         async onSave({ step }) {
           const files = await exportPeftAdapter(model, adapter, stored.name);
-          for (const [name, bytes] of Object.entries(files)) await putArtifact(db, runId, `checkpoint-${step}/${name}`, bytes);
+          for (const [name, bytes] of Object.entries(files)) await kept(`file checkpoint-${step}/${name}`, () => putArtifact(db, runId, `checkpoint-${step}/${name}`, bytes));
         },
       });
     }
     // The run's state for a resume: every save_steps, and when it pauses or is stopped (see Trainer's onCheckpoint).
     sets.push({
       async onCheckpoint(ck) {
-        await saveCheckpoint(db, runId, ck);
+        await kept(`checkpoint at step ${ck.step}`, () => saveCheckpoint(db, runId, ck, { measured: measure.soFar(ck.step) }));
       },
     });
     callbacks = composeCallbacks(...sets);
@@ -290,22 +314,36 @@ async function runTrainer(db: LoraLabDb, runId: string, p: Prepared, ctx: RunCon
       } else if (action === 'resume') {
         trainer.resume();
         ctx.event({ kind: 'resumed' });
-        void updateRun(db, runId, { status: 'running' }).catch(() => undefined);
-      } else trainer.stop('stopped');
+        void updateRun(db, runId, { status: 'running', error: null }).catch(() => undefined);
+        storage.resume(); // after the status write is queued: should the retry fail again, its 'paused' lands after it
+      } else {
+        trainer.stop('stopped');
+        storage.stop();
+      }
     });
-    ctx.signal.addEventListener('abort', () => trainer.stop('stopped'), { once: true });
+    ctx.signal.addEventListener(
+      'abort',
+      () => {
+        trainer.stop('stopped');
+        storage.stop(); // a write waiting for space must not hold a cancelled run forever
+      },
+      { once: true },
+    );
 
     const end = await trainer.run().finally(() => measure.stop());
 
     // The run's output folder. A diverged run keeps the last good adapter (the bad update was never applied).
-    const adapterFiles = await exportPeftAdapter(model, adapter, stored.name);
+    // With evaluation the top level holds the best adapter and last/ the last one (see best-adapter.ts).
+    const { files: adapterFiles, origin } = await bestKept.outputFiles(await exportPeftAdapter(model, adapter, stored.name), end.step);
     for (const [name, bytes] of Object.entries(adapterFiles)) await putArtifact(db, runId, name, bytes);
+    if (config.export_merged) await writeMergedFromAdapterFiles(db, runId, stored, adapterFiles, (p) => ctx.progress(p));
     await putArtifact(db, runId, 'config.yaml', runConfigToYaml(config));
     const findings: Finding[] = diagnosis.findings();
     await putArtifact(db, runId, 'diagnosis.json', diagnosisJson(findings));
     // The interruptions the run survived ride along with the measurements (runSummaryJson writes what it is given).
-    const summary: RunSummary & { readonly interruptions: readonly Interruption[] } = { ...measure.summary(), interruptions };
+    const summary: RunSummary & AdapterOrigin & { readonly interruptions: readonly Interruption[] } = { ...measure.summary(), interruptions, ...origin };
     await putArtifact(db, runId, 'run_summary.json', runSummaryJson(summary));
+    await bestKept.discard();
     await updateRun(db, runId, {
       status: end.reason === 'completed' || end.reason === 'early_stopped' ? 'completed' : end.reason,
       step: end.step,
@@ -327,17 +365,6 @@ async function runTrainer(db: LoraLabDb, runId: string, p: Prepared, ctx: RunCon
 async function recordFailure(db: LoraLabDb, runId: string, e: unknown): Promise<void> {
   const message = e instanceof Error ? e.message : String(e);
   await updateRun(db, runId, { status: 'failed', error: message }).catch(() => undefined);
-}
-
-/** Every file of a run's output folder, as the headless runner writes it and the UI zips it. */
-export async function exportRunFiles(db: LoraLabDb, runId: string): Promise<ExportedFile[]> {
-  const run = await getRun(db, runId);
-  if (!run) throw new UserError('run', 'is not stored any more.');
-  const files: ExportedFile[] = (await readArtifacts(db, runId)).map((a) => ({ path: a.path, bytes: new Uint8Array(a.bytes) }));
-  const rows = await readMetrics(db, runId);
-  files.push({ path: 'metrics.csv', bytes: new TextEncoder().encode(metricsCsv(rows)) });
-  if (run.logFile) files.push({ path: `logs/${run.logFile}`, bytes: await readLog(db, runId) });
-  return files;
 }
 
 function halting(step: number | undefined, ctx: RunContext, lossFn: LossFn): LossFn {

@@ -3,13 +3,13 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs';
 import type { Page } from 'playwright-core';
-import { afterAll, beforeAll, describe, expect, inject, test } from 'vitest';
+import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { parseModelConfigText } from '../../src/core/models/config';
 import { loadWeightsFromSafetensors } from '../../src/core/models/load';
 import { buildModel } from '../../src/core/models/model';
 import { bytesSource } from '../../src/core/safetensors';
-import { openBrowser, type BrowserSession } from './harness';
-import { fixtureBytes, importFixtureModel, useBackend } from './support/train';
+import type { BrowserSession } from './harness';
+import { fixtureBytes, importFixtureModel, openApp } from './support/train';
 
 // Chat records whose user turns are noise the tiny licence-text model finds very unlikely, and whose replies are
 // licence prose it predicts well: the masked mean and the mean over every token then differ by more than a nat.
@@ -137,13 +137,12 @@ let page: Page;
 let scratch: string;
 
 beforeAll(async () => {
-  browser = await openBrowser();
+  browser = await openApp({
+    // The config as the form would have saved it; useBackend's reload then starts the app with it.
+    beforeBackend: (p) => p.evaluate((config) => localStorage.setItem('lora-lab.run-config', JSON.stringify(config)), CONFIG),
+  });
   page = browser.page;
   scratch = mkdtempSync(join(tmpdir(), 'lora-lab-datasets-'));
-  await page.goto(inject('appUrl'));
-  // The config as the form would have saved it; useBackend's reload then starts the app with it.
-  await page.evaluate((config) => localStorage.setItem('lora-lab.run-config', JSON.stringify(config)), CONFIG);
-  await useBackend(page, 'wasm');
 });
 afterAll(async () => {
   await browser?.close();

@@ -1,20 +1,16 @@
 import { afterAll, beforeAll, expect, inject, test } from 'vitest';
-import { foreignRequests, openBrowser, type BrowserSession } from './harness';
-import { useBackend } from './support/train';
+import { foreignRequests, type BrowserSession } from './harness';
+import { openApp, tryTheDemo } from './support/train';
 
 let browser: BrowserSession;
 beforeAll(async () => {
-  browser = await openBrowser();
-  await browser.page.goto(inject('appUrl'));
-  await useBackend(browser.page, 'wasm');
+  browser = await openApp();
 });
 afterAll(async () => browser?.close());
 
 test('zero files: "Try the demo" sets up the built-in model, texts and config, and a short run learns', async () => {
   const { page } = browser;
-  await page.getByRole('button', { name: 'Try the demo' }).click();
-  await page.getByRole('radio', { name: /^demo-gpt2-moby-dick\b/, checked: true }).waitFor({ timeout: 60_000 });
-  await page.getByRole('button', { name: 'Try the demo' }).waitFor({ timeout: 60_000 }); // set-up finished
+  await tryTheDemo(page);
   const items = await page.getByTestId('dataset-item').allTextContents();
   expect(items.some((t) => t.includes('style.txt'))).toBe(true);
   expect(items.some((t) => t.includes('style-val.txt'))).toBe(true);

@@ -33,6 +33,8 @@ test('npm run headless -- train --config RUN.yaml writes the run folder into out
 
   const out = join(dir, 'output', 'lr_1e-2');
   for (const f of ['adapter_model.safetensors', 'adapter_config.json', 'config.yaml', 'metrics.csv', 'diagnosis.json', 'run_summary.json']) expect(existsSync(join(out, f)), f).toBe(true);
+  // The run bundle's made files too: the model card and its plot, and the LLaMA-Factory hand-off with both data files.
+  for (const f of ['README.md', 'loss_curves.png', 'llamafactory/train.yaml', 'llamafactory/dataset_info.json', 'llamafactory/train.jsonl', 'llamafactory/val.jsonl']) expect(existsSync(join(out, f)), f).toBe(true);
   const header = await readHeader(bytesSource('adapter_model.safetensors', new Uint8Array(readFileSync(join(out, 'adapter_model.safetensors')))));
   expect(header.tensors.map((t) => t.name)).toContain('base_model.model.transformer.h.0.attn.c_attn.lora_A.weight');
   expect(JSON.parse(readFileSync(join(out, 'adapter_config.json'), 'utf8'))).toMatchObject({ r: 4, lora_alpha: 8, fan_in_fan_out: true, target_modules: ['c_attn'] });

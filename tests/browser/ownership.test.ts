@@ -1,8 +1,8 @@
 import type { Page } from 'playwright-core';
-import { afterAll, beforeAll, expect, inject, test } from 'vitest';
+import { afterAll, beforeAll, expect, test } from 'vitest';
 import { lockName } from '../../src/storage/locks';
-import { openBrowser, type BrowserSession } from './harness';
-import { importFixtureModel, useBackend } from './support/train';
+import type { BrowserSession } from './harness';
+import { importFixtureModel, openApp, startedApp } from './support/train';
 
 // One owner per run, with real Web Locks across two tabs of one browser profile: the training tab refuses a
 // second run and anything that would unload its model (and the page disables those controls); a second tab
@@ -12,9 +12,7 @@ import { importFixtureModel, useBackend } from './support/train';
 
 let browser: BrowserSession;
 beforeAll(async () => {
-  browser = await openBrowser();
-  await browser.page.goto(inject('appUrl'));
-  await useBackend(browser.page, 'wasm');
+  browser = await openApp();
 });
 afterAll(async () => browser?.close());
 
@@ -57,12 +55,6 @@ async function refusalOf(page: Page, type: string, payload: unknown): Promise<st
     },
     { type, payload },
   );
-}
-
-async function startedApp(page: Page): Promise<void> {
-  await page.goto(inject('appUrl'));
-  await page.waitForFunction(() => window.loraLab !== undefined);
-  await page.evaluate(() => window.loraLab!.ready);
 }
 
 test('one run per worker, its model pinned; a second tab leaves the live run alone; a closed tab\'s run becomes interrupted', async () => {

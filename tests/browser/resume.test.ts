@@ -1,10 +1,10 @@
 import type { Page } from 'playwright-core';
-import { afterAll, beforeAll, expect, inject, test } from 'vitest';
+import { afterAll, beforeAll, expect, test } from 'vitest';
 import { readEventFile, scalarSeries } from '../../src/core/logging';
 import { applyRestarts, isSessionStart } from '../../src/core/logging/session-log';
 import type { ExportedFile, RunEvent } from '../../src/worker/protocol';
-import { openBrowser, type BrowserSession } from './harness';
-import { importFixtureModel, trainInPage, useBackend } from './support/train';
+import type { BrowserSession } from './harness';
+import { importFixtureModel, openApp, startedApp, trainInPage } from './support/train';
 
 // Exact resume in the real app (wasm, where the issue asks for bit-for-bit): a tab training a run is closed mid-run
 // with no stop and no pause; a new tab of the same profile shows the run interrupted with a Resume button; resuming
@@ -18,17 +18,9 @@ const TEXT = Array.from({ length: 30 }, (_, i) => `zebra ${i} quilt jinx! `.repe
 
 let browser: BrowserSession;
 beforeAll(async () => {
-  browser = await openBrowser();
-  await browser.page.goto(inject('appUrl'));
-  await useBackend(browser.page, 'wasm');
+  browser = await openApp();
 });
 afterAll(async () => browser?.close());
-
-async function startedApp(page: Page): Promise<void> {
-  await page.goto(inject('appUrl'));
-  await page.waitForFunction(() => window.loraLab !== undefined);
-  await page.evaluate(() => window.loraLab!.ready);
-}
 
 async function storedRuns(page: Page): Promise<{ id: string; status: string; interruptions?: { at_step: number; resumed_from_step: number }[] }[]> {
   return page.evaluate(

@@ -1,5 +1,6 @@
 import { mkdirSync, readdirSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
+import { unzipSync } from 'fflate';
 import type { Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, inject, test } from 'vitest';
 import { EventFileWriter } from '../../src/core/logging';
@@ -156,6 +157,12 @@ describe('comparing runs', () => {
     const [zip] = await Promise.all([page.waitForEvent('download'), page.getByRole('button', { name: 'Download lr_1e-4 as a zip' }).click()]);
     expect(zip.suggestedFilename()).toBe('lr_1e-4.zip');
     expect(readFileSync((await zip.path())!).subarray(0, 2).toString()).toBe('PK');
+    // The run bundle, streamed by the page: the model card, its plot and the LLaMA-Factory hand-off beside the adapter.
+    const zipped = unzipSync(new Uint8Array(readFileSync((await zip.path())!)));
+    for (const f of ['adapter_model.safetensors', 'metrics.csv', 'README.md', 'loss_curves.png', 'llamafactory/train.yaml', 'llamafactory/dataset_info.json', 'llamafactory/train.jsonl']) {
+      expect(zipped[`lr_1e-4/${f}`], f).toBeDefined();
+    }
+    expect(new TextDecoder().decode(zipped['lr_1e-4/README.md'])).toContain('![Training and eval loss by step](loss_curves.png)');
 
     // The two runs really differ (or the overlay would be a test of nothing).
     const last = (name: string) => Number(rows.filter((r) => r['run'] === name && r['tag'] === 'train/loss').at(-1)!['value']);

@@ -1,12 +1,10 @@
-import { afterAll, beforeAll, expect, inject, test } from 'vitest';
-import { openBrowser, type BrowserSession } from './harness';
-import { importFixtureModel, useBackend } from './support/train';
+import { afterAll, beforeAll, expect, test } from 'vitest';
+import type { BrowserSession } from './harness';
+import { importFixtureModel, openApp } from './support/train';
 
 let browser: BrowserSession;
 beforeAll(async () => {
-  browser = await openBrowser();
-  await browser.page.goto(inject('appUrl'));
-  await useBackend(browser.page, 'wasm');
+  browser = await openApp();
 });
 afterAll(async () => browser?.close());
 

@@ -9,10 +9,10 @@ import { listCheckpoints } from '../../src/storage/checkpoints';
 import { type LoraLabDb, type StoredRun } from '../../src/storage/db';
 import { localLocks } from '../../src/storage/locks';
 import { getRun, markInterruptedRuns, readMetrics } from '../../src/storage/runs';
-import { ModelSlot } from '../../src/worker/loaded-model';
 import type { ExportedFile, RunEvent } from '../../src/worker/protocol';
 import { resumeRequestOf } from '../../src/worker/resume';
-import { exportRunFiles, trainLora, type RunContext } from '../../src/worker/training-run';
+import { exportRunFiles } from '../../src/worker/run-files';
+import { runContext, trainPinned } from './support/run-context';
 import { freshDbWithTinyGpt2 } from './support/stored-model';
 
 // The worker's resume, end to end in Node (cpu backend, fake-indexeddb): a run whose tab dies after step 5 (nothing
@@ -55,32 +55,15 @@ beforeEach(async () => {
   ({ db, modelId } = await freshDbWithTinyGpt2());
 });
 
-const context = (onEvent: (e: RunEvent) => void = () => undefined): RunContext => ({
-  signal: new AbortController().signal,
-  progress: () => undefined,
-  event: onEvent,
-  onControl: () => undefined,
-});
-
 /** One tab's worker: its own model slot and its own locks (another tab cannot see them once it is gone). */
 async function train(into: LoraLabDb, yaml: string, onEvent?: (e: RunEvent) => void) {
-  const pin = new ModelSlot().pin(modelId);
-  try {
-    return await trainLora(into, { modelId, configYaml: yaml, trainData: new File([TEXT], 'train.txt'), valData: new File([VAL], 'val.txt') }, context(onEvent), { pin, locks: localLocks() });
-  } finally {
-    pin.release();
-  }
+  return trainPinned(into, { modelId, configYaml: yaml, trainData: new File([TEXT], 'train.txt'), valData: new File([VAL], 'val.txt') }, runContext(onEvent));
 }
 
 /** What the worker's resumeRun does, in a new tab. */
 async function resume(runId: string, onEvent?: (e: RunEvent) => void) {
   const run = (await getRun(db, runId))!;
-  const pin = new ModelSlot().pin(run.modelId);
-  try {
-    return await trainLora(db, resumeRequestOf(run), context(onEvent), { pin, locks: localLocks() }, run);
-  } finally {
-    pin.release();
-  }
+  return trainPinned(db, resumeRequestOf(run), runContext(onEvent), localLocks(), run);
 }
 
 /** Anything a dead tab asks for: every property is another void, every call or await never answers. */
@@ -155,7 +138,10 @@ describe('resuming an interrupted run in the worker', () => {
     // The next tab starts: its sweep finds the dead tab's run.
     expect(await markInterruptedRuns(db, localLocks())).toBe(1);
     expect((await getRun(db, runId))!.status).toBe('interrupted');
-    expect((await listCheckpoints(db, runId)).map((c) => c.step)).toEqual([3]);
+    const [checkpoint] = await listCheckpoints(db, runId);
+    expect(checkpoint?.step).toBe(3);
+    // What run_summary.json counts is stored with the checkpoint: steps 1–3, once each.
+    expect(checkpoint!.measured!.steps.map((s) => s.step)).toEqual([1, 2, 3]);
     // Steps 4 and 5 were stored before the crash: they are what the resume must replace, not duplicate.
     expect((await readMetrics(db, runId)).filter((r) => r.loss !== null).map((r) => r.step)).toEqual([1, 2, 3, 4, 5]);
 
@@ -174,6 +160,13 @@ describe('resuming an interrupted run in the worker', () => {
     expect(run.interruptions).toEqual([{ at_step: 5, resumed_from_step: 3 }]);
     expect(JSON.parse(text(byPath(await exportRunFiles(db, runId)).get('run_summary.json')))).toMatchObject({ interruptions: [{ at_step: 5, resumed_from_step: 3 }] });
     expect(JSON.parse(text(expected.get('run_summary.json')))).toMatchObject({ interruptions: [] });
+    // The summary covers the whole run: steps 1–3 measured before the crash, 4–8 after the resume (the first
+    // segment's 4 and 5 were trained again and are counted once); the earlier segment's time and peak are in it.
+    const summary = JSON.parse(text(byPath(await exportRunFiles(db, runId)).get('run_summary.json')));
+    expect(summary.steps).toBe(8);
+    expect(JSON.parse(text(expected.get('run_summary.json'))).steps).toBe(8);
+    expect(summary.total_seconds).toBeGreaterThan(checkpoint!.measured!.totalSeconds);
+    expect(summary.peak_memory_bytes).toBeGreaterThanOrEqual(checkpoint!.measured!.peakMemoryBytes);
 
     const got = byPath(await exportRunFiles(db, runId));
     expect([...got.keys()].filter((p) => p !== 'run_summary.json' && !p.startsWith('logs/')).sort()).toEqual(
@@ -203,6 +196,8 @@ describe('resuming an interrupted run in the worker', () => {
     expect(await listCheckpoints(db, runId)).toEqual([]);
     expect(await resume(runId)).toEqual({ runId, reason: 'completed', steps: 8 });
     expect((await getRun(db, runId))!.interruptions).toEqual([{ at_step: 2, resumed_from_step: 0 }]);
+    // Nothing was kept of the crashed segment: the summary counts the 8 steps trained again, once each.
+    expect(JSON.parse(text(byPath(await exportRunFiles(db, runId)).get('run_summary.json')))).toMatchObject({ steps: 8 });
     const got = byPath(await exportRunFiles(db, runId));
     expect(got.get('adapter_model.safetensors')).toEqual(expected.get('adapter_model.safetensors'));
     expect(curves(text(got.get('metrics.csv')))).toEqual(curves(text(expected.get('metrics.csv'))));

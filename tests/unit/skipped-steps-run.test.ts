@@ -5,11 +5,10 @@ import { beforeAll, beforeEach, describe, expect, it, vi } from 'vitest';
 import type { LossFn } from '../../src/core/train/index';
 import { latestCheckpoint, listCheckpoints } from '../../src/storage/checkpoints';
 import { type LoraLabDb } from '../../src/storage/db';
-import { localLocks } from '../../src/storage/locks';
 import { getRun } from '../../src/storage/runs';
-import { ModelSlot } from '../../src/worker/loaded-model';
 import type { RunEvent } from '../../src/worker/protocol';
-import { exportRunFiles, trainLora, type RunContext } from '../../src/worker/training-run';
+import { exportRunFiles } from '../../src/worker/run-files';
+import { runContext, trainPinned } from './support/run-context';
 import { freshDbWithTinyGpt2 } from './support/stored-model';
 
 // The worker's side of skipped updates, in Node (cpu backend, fake-indexeddb): the training loss the worker builds
@@ -65,13 +64,7 @@ beforeEach(async () => {
 
 async function train(nanAt: number[], events: RunEvent[] = []) {
   poison.nanAt = new Set(nanAt);
-  const ctx: RunContext = { signal: new AbortController().signal, progress: () => undefined, event: (e) => void events.push(e), onControl: () => undefined };
-  const pin = new ModelSlot().pin(modelId);
-  try {
-    return await trainLora(db, { modelId, configYaml: CONFIG, trainData: new File([TEXT], 'train.txt'), valData: null }, ctx, { pin, locks: localLocks() });
-  } finally {
-    pin.release();
-  }
+  return trainPinned(db, { modelId, configYaml: CONFIG, trainData: new File([TEXT], 'train.txt'), valData: null }, runContext((e) => void events.push(e)));
 }
 
 /** metrics.csv's training rows as step → skipped_steps. */

@@ -190,7 +190,7 @@ describe('the diagnosis explains the stop', () => {
 
   it('in a run, the diverged stop comes with the diagnosis callbacks finding it', async () => {
     let reported: Finding[] = [];
-    const diagnosis = diagnosisCallbacks({ totalSteps: 20, logEveryStep: true, onFindings: (f) => void (reported = f) });
+    const diagnosis = diagnosisCallbacks({ totalSteps: 20, onFindings: (f) => void (reported = f) });
     const r = await train(Array.from({ length: 30 }, (_, i) => 4 + i), { maxSteps: 20 }, diagnosis);
     expect(r.end.reason).toBe('diverged');
     expect(r.end.step).toBe(4);

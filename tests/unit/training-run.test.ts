@@ -6,9 +6,8 @@ import { isUserError } from '../../src/core/errors';
 import { type LoraLabDb, type StoredRun } from '../../src/storage/db';
 import { localLocks, type Locks } from '../../src/storage/locks';
 import { listRuns, markInterruptedRuns } from '../../src/storage/runs';
-import { ModelSlot } from '../../src/worker/loaded-model';
 import type { RunEvent } from '../../src/worker/protocol';
-import { trainLora, type RunContext } from '../../src/worker/training-run';
+import { runContext, trainPinned } from './support/run-context';
 import { freshDbWithTinyGpt2 } from './support/stored-model';
 
 // The worker's training run, end to end in Node (cpu backend, fake-indexeddb): what it leaves in IndexedDB when
@@ -28,10 +27,6 @@ beforeEach(async () => {
   ({ db, modelId } = await freshDbWithTinyGpt2());
 });
 
-function context(onEvent: (e: RunEvent) => void): RunContext {
-  return { signal: new AbortController().signal, progress: () => undefined, event: onEvent, onControl: () => undefined };
-}
-
 /** The database, except that writes of run files (artifacts) fail with `error`: a full disk after training. */
 function failingArtifacts(real: LoraLabDb, error: () => Error): LoraLabDb {
   return new Proxy(real, {
@@ -47,12 +42,7 @@ function failingArtifacts(real: LoraLabDb, error: () => Error): LoraLabDb {
 }
 
 async function train(into: LoraLabDb, locks: Locks, onEvent: (e: RunEvent) => void = () => undefined) {
-  const pin = new ModelSlot().pin(modelId);
-  try {
-    return await trainLora(into, { modelId, configYaml: CONFIG, trainData: new File([TEXT], 'train.txt'), valData: null }, context(onEvent), { pin, locks });
-  } finally {
-    pin.release();
-  }
+  return trainPinned(into, { modelId, configYaml: CONFIG, trainData: new File([TEXT], 'train.txt'), valData: null }, runContext(onEvent), locks);
 }
 
 async function onlyRun(): Promise<StoredRun> {

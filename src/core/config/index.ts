@@ -83,6 +83,7 @@ export function trainerOptionsOf(config: RunConfig): TrainerOptions {
     maxSteps: config.max_steps,
     logSteps: config.log_steps,
     evalSteps: config.eval_steps,
+    evalOnStart: config.eval_on_start,
     saveSteps: config.save_steps,
     learningRate: config.learning_rate,
     scheduler: config.lr_scheduler,

@@ -45,6 +45,9 @@ export interface ParseOptions {
   readonly require?: readonly ('base_model' | 'train_data')[];
 }
 
+/** The top-level key that makes a config a sweep (sweep.ts); parsing a run's config skips it. */
+export const SWEEP_KEY = 'sweep';
+
 type Position = { line: number; col: number };
 type Locate = (writtenKey: string) => Position | undefined;
 
@@ -126,6 +129,8 @@ function parseWithPositions(input: unknown, options: ParseOptions, locate: Locat
   // 1. Map every written key to its canonical key; unknown keys are reported with the nearest name.
   const given = new Map<RunConfigKey, Given[]>();
   for (const [from, value] of Object.entries(input)) {
+    // `sweep:` is not a run key: it lists values to try, and sweep.ts checks and expands it.
+    if (from === SWEEP_KEY) continue;
     const alias = KEY_ALIASES.get(from);
     const key = isConfigKey(from) ? from : alias?.to;
     if (key === undefined) {
@@ -214,6 +219,10 @@ function parseWithPositions(input: unknown, options: ParseOptions, locate: Locat
 
   const config = v.parse(RunConfigSchema, valid);
   warnings.push(...collectWarnings(config).map((w) => ({ ...w, ...where(w.key) })));
+  if (SWEEP_KEY in input) {
+    // Read where one run is wanted (the form's YAML view, a plain train request): say the grid is not run here.
+    warnings.push({ key: SWEEP_KEY, message: "lists runs to try, which this config alone does not run: use the queue's \"Add a grid\" or the headless runner", ...at(SWEEP_KEY) });
+  }
   return { ok: true, config, aliases, warnings };
 }
 
@@ -248,6 +257,9 @@ function collectWarnings(c: RunConfig): { key: RunConfigKey; message: string }[]
   const hasValidation = c.val_data !== null || c.val_split > 0;
   if (!hasValidation && c.eval_steps > 0) {
     out.push({ key: 'eval_steps', message: 'set, but there is no validation data (val_data or val_split), so nothing is evaluated' });
+  }
+  if (!hasValidation && c.eval_on_start) {
+    out.push({ key: 'eval_on_start', message: 'set, but there is no validation data (val_data or val_split), so nothing is evaluated before step 1' });
   }
   if (!hasValidation && c.early_stopping_patience > 0) {
     out.push({

@@ -3,7 +3,7 @@
  *
  * `diagnose(history)` reads the curves of a run (training loss, eval loss, gradient norm, learning
  * rate) and says in plain words what is wrong and which config key to change. It is pure and
- * DOM-free: the trainer calls it after every logged step and once at the end, and stops the run
+ * DOM-free: the trainer calls it after every step (see callbacks.ts) and once at the end, and stops the run
  * when `shouldStop(findings)` is true. Findings: `diverged` (error), `lr_too_high`, `overfitting`,
  * `not_learning` (warnings), or `healthy` (info) when none applies.
  *
@@ -52,14 +52,15 @@ export function shouldStop(findings: readonly Finding[]): boolean {
 function healthy(ctx: Context): Finding {
   const { train, t } = ctx;
   const last = train[train.length - 1];
+  // The message says what was seen, the suggestion what to do: "nothing to fix" there and "Nothing to change" here said it twice.
   const base = { code: 'healthy', severity: 'info', step: last?.step ?? 0, suggestion: 'Nothing to change.' } as const;
-  if (!last) return { ...base, message: 'No training loss has been logged yet, so there is nothing to judge.' };
+  if (!last) return { ...base, suggestion: 'Nothing to change yet.', message: 'No training loss has been recorded yet, so there is nothing to judge.' };
   if (train.length < t.minPoints) {
-    return { ...base, message: `Only ${train.length} training-loss points so far (${t.minPoints} are needed to judge); nothing to fix yet.` };
+    return { ...base, suggestion: 'Nothing to change yet.', message: `Only ${train.length} training-loss points so far (${t.minPoints} are needed to judge).` };
   }
-  // The start is the first point, as people read a chart; the end is a median so one noisy batch does not set it.
+  // The start is the first point, as people read a chart; the end is a window median so one noisy batch does not set it.
   const start = train[0]!.value;
-  const end = median(train.slice(-3).map((p) => p.value));
+  const end = median(train.slice(-t.windowPoints).map((p) => p.value));
   const verb = end < start ? 'fell' : 'went';
-  return { ...base, message: `The training loss ${verb} from ${fmt.nats(start)} to ${fmt.nats(end)}; nothing to fix.` };
+  return { ...base, message: `The training loss ${verb} from ${fmt.nats(start)} to ${fmt.nats(end)}.` };
 }

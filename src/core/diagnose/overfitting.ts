@@ -2,6 +2,7 @@ import type { Context } from './context';
 import * as fmt from './format';
 import { fitLine } from './stats';
 import type { Finding } from './types';
+import { findEvalWorseThanUntrained, trainingImproved } from './untrained';
 
 /**
  * Overfitting: after its lowest point the eval loss rises for several evaluations in a row, each
@@ -14,8 +15,30 @@ import type { Finding } from './types';
  * consecutive rises are therefore meaningful, and one or two bumps followed by a fall are not.
  * The search starts from the lowest eval loss so far, so the finding stays put as evaluations
  * arrive and goes away only if the eval loss later sets a new low (then it was not overfitting).
+ *
+ * With an evaluation at step 0 (the untrained model) there is a second way: a later eval loss clearly
+ * above the untrained model's while the training loss sits below its start. The adapter fits its
+ * training texts and makes the held-out ones worse than no training at all (see untrained.ts).
  */
 export function findOverfitting(ctx: Context): Finding | null {
+  return findRisingEval(ctx) ?? findWorseThanUntrained(ctx);
+}
+
+function findWorseThanUntrained(ctx: Context): Finding | null {
+  const found = findEvalWorseThanUntrained(ctx);
+  if (!found || !trainingImproved(ctx, found.worse.step)) return null;
+  const { untrained, worse } = found;
+  return {
+    code: 'overfitting',
+    severity: 'warning',
+    step: worse.step,
+    bestStep: 0,
+    message: `At step ${worse.step} the eval loss ${fmt.nats(worse.value)} is ${fmt.nats(worse.value - untrained.value)} above the untrained model's ${fmt.nats(untrained.value)}, while the training loss fell: the adapter fits the training texts and makes held-out text worse than no training at all.`,
+    suggestion: `Train for fewer epochs or with a lower learning_rate, set early_stopping_patience to ${ctx.t.overfitRises} so training stops by itself, and raise lora_dropout (e.g. to 0.1); check that the validation texts are like the training texts.`,
+  };
+}
+
+function findRisingEval(ctx: Context): Finding | null {
   const { evalLoss, train, t } = ctx;
   if (evalLoss.length < t.overfitRises + 1) return null;
   let bestIndex = 0;

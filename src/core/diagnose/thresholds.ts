@@ -65,6 +65,22 @@ export const DEFAULT_THRESHOLDS: Thresholds = Object.freeze({
    * luck in the noise does not raise a warning that then stays for the rest of the run.
    */
   lrConfirmWindows: 10,
+  /**
+   * 10% above the first training loss (the untrained model on the first batch). A fine-tune that
+   * works goes down from its start; one whose first updates threw it somewhere worse sits well above
+   * it (15–60% in the lr 0.5 runs of the demo and fixture models, at most 12% in their lr 0.01 runs,
+   * whose first batch happened to be an easy one).
+   */
+  lrAboveStartRel: 0.1,
+  /**
+   * 2.5 times the points' scatter (the median, over every window so far, of the median distance of a
+   * window's points from their trend line; about 1.7 standard deviations of one step's noise): the start
+   * is a single batch, as noisy as any other, so the level must be further above it than the luck of that
+   * batch (at least 3.2 in the lr 0.5 runs above, at most 1.5 at lr 0.01). With the early jump this rule
+   * also needs (lrGapRel, see lr_too_high.ts), flat runs of 100 steps with 5%, 8% and 12% noise per step
+   * were called lr_too_high in 0, 0.3% and 3% of 300 seeds.
+   */
+  lrAboveStartSwings: 2.5,
   /** 10 points: the early gradient norm, after the first step's unusual one is outvoted. */
   gradEarlyPoints: 10,
   /** 5 points: a median of five needs three high values, so one spiky batch is not an explosion. */
@@ -87,6 +103,13 @@ export const DEFAULT_THRESHOLDS: Thresholds = Object.freeze({
    * small enough to warn before much compute is spent past the best point.
    */
   overfitTotalRiseRel: 0.01,
+  /**
+   * 5% above the eval loss at step 0 (the untrained model, with eval_on_start), and at least
+   * lrGapMinNats: eval uses the same texts each time, so this is no noise; a fine-tune that works
+   * brings the held-out loss down, and one that makes it 5% worse than no training at all is harming
+   * the model (lr_too_high when the training loss got no lower either, overfitting when it fell).
+   */
+  evalAboveUntrainedRel: 0.05,
 
   /** 20 points: a trend line over fewer is too uncertain to call anything flat. */
   notLearningMinPoints: 20,

@@ -6,13 +6,13 @@ export interface CurvePoint {
 
 /** What a run has logged so far. The diagnosis reads only this, so it works the same live and on a finished run. */
 export interface RunHistory {
-  /** Training loss at every logged step, each the mean over its log window, in nats. */
+  /** Training loss of every step (the trainer's per-step loss, whatever log_steps is), in nats. */
   readonly trainLoss: readonly CurvePoint[];
-  /** Loss on the held-out set at each evaluation, in nats; empty when the run has no validation data. */
+  /** Loss on the held-out set at each evaluation, in nats; step 0 is the untrained model (eval_on_start); empty when the run has no validation data. */
   readonly evalLoss: readonly CurvePoint[];
-  /** Gradient norm (before clipping) at every logged step; may be empty. */
+  /** Gradient norm (before clipping) at every step; may be empty. */
   readonly gradNorm: readonly CurvePoint[];
-  /** Learning rate the schedule gave at every logged step; may be empty. */
+  /** Learning rate the schedule gave at every step; may be empty. */
   readonly learningRate: readonly CurvePoint[];
   /** Optimizer steps the run is planned to take (0 when unknown). */
   readonly totalSteps: number;
@@ -73,8 +73,12 @@ export interface Thresholds {
   readonly lrSwingRel: number;
   /** ...and at least this many nats. */
   readonly lrSwingMinNats: number;
-  /** Both must hold for this many windows in a row (each window one point later than the last). */
+  /** Both must hold for this many windows in a row (each window one point later than the last); also for lrAboveStart*. */
   readonly lrConfirmWindows: number;
+  /** Settled above the start: a window median above the first training loss by this fraction of it... */
+  readonly lrAboveStartRel: number;
+  /** ...and by this many times the window's scatter about its trend line (and lrGapMinNats). */
+  readonly lrAboveStartSwings: number;
   /** First logged gradient norms whose median is the run's early gradient norm. */
   readonly gradEarlyPoints: number;
   /** Latest gradient norms whose median is compared with the early one. */
@@ -88,6 +92,8 @@ export interface Thresholds {
   readonly overfitRiseRel: number;
   /** The eval loss must end up at least this fraction above its lowest value. */
   readonly overfitTotalRiseRel: number;
+  /** Worse than before training: an eval loss above the one at step 0 by this fraction of it (and lrGapMinNats). */
+  readonly evalAboveUntrainedRel: number;
 
   /** not_learning is judged once this many points are logged... */
   readonly notLearningMinPoints: number;

@@ -1,1 +1,2 @@
 export * from './peft.js';
+export * from './merged-model.js';

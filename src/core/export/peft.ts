@@ -6,8 +6,9 @@ import {
   resolveTargets,
   selectTargets,
   type LoraSettings,
+  type ModelShape,
+  type ProjectionShape,
 } from '../lora/settings.js';
-import type { Linear } from '../models/linear.js';
 import type { CausalLM } from '../models/model.js';
 import { readHeader, readTensorBytes, toFloat32, writeSafetensors, type ByteSource, type TensorEntry } from '../safetensors/index.js';
 
@@ -118,7 +119,7 @@ type Json = Record<string, unknown>;
  * what the adapter computes in ways LoRA Lab does not implement (DoRA, per-module ranks, trained biases,
  * extra saved modules, ...) are refused with a UserError rather than silently ignored.
  */
-export function parsePeftAdapterConfig(model: CausalLM, configJson: string, file = PEFT_CONFIG_FILE): PeftAdapterConfig {
+export function parsePeftAdapterConfig(model: ModelShape, configJson: string, file = PEFT_CONFIG_FILE): PeftAdapterConfig {
   const fail = (problem: string, fix?: string): never => {
     throw new UserError(file, problem, fix);
   };
@@ -186,7 +187,7 @@ function nonEmpty(v: unknown): boolean {
  * turned into a list that selects the same modules: their distinct names when those select nothing else,
  * otherwise their full paths.
  */
-function parseTargets(model: CausalLM, raw: unknown, fail: (p: string, f?: string) => never): LoraSettings['targetModules'] {
+function parseTargets(model: ModelShape, raw: unknown, fail: (p: string, f?: string) => never): LoraSettings['targetModules'] {
   if (raw === undefined || raw === null) return defaultTargetModules(model.config.arch);
   if (Array.isArray(raw)) {
     if (!raw.every((t): t is string => typeof t === 'string')) fail('"target_modules" must be a list of module names.');
@@ -212,7 +213,7 @@ function parseTargets(model: CausalLM, raw: unknown, fail: (p: string, f?: strin
 const LORA_KEY = /^(.+)\.lora_([AB])\.weight$/;
 
 /** Finds the projection a saved module path names, accepting paths saved from the bare GPT2Model / LlamaModel. */
-function findLinear(model: CausalLM, path: string): Linear | undefined {
+function findLinear<L extends ProjectionShape>(model: ModelShape<L>, path: string): L | undefined {
   const exact = model.linears.find((l) => l.path === path);
   if (exact) return exact;
   const wrapped = `${model.config.arch === 'gpt2' ? 'transformer' : 'model'}.${path}`;
@@ -229,13 +230,30 @@ function describeForeign(name: string): string {
   return 'not a LoRA weight';
 }
 
+/** One adapted projection of a checked adapter: where its two matrices lie in the file. */
+export interface CheckedPeftModule {
+  /** The model's module path (canonical, whatever prefix the file used). */
+  readonly path: string;
+  readonly A: TensorEntry;
+  readonly B: TensorEntry;
+}
+
+/** A PEFT adapter whose config and tensor list fit a model; no tensor data has been read yet. */
+export interface CheckedPeftAdapter extends PeftAdapterConfig {
+  /** Every targeted projection, in module order. */
+  readonly modules: readonly CheckedPeftModule[];
+  /** Trainable values: r·(in + out) per module. */
+  readonly parameterCount: number;
+}
+
 /**
- * Loads a PEFT LoRA adapter for `model`. Everything is checked before any tensor data is read: the config,
- * that every tensor is a lora_A/lora_B of a projection this model has and the config targets, that every
- * targeted projection has both, and their shapes ([r, in] and [out, r]), so an adapter trained for another
- * model (or another size of it) fails with a message naming the tensor.
+ * Checks a PEFT LoRA adapter against a model's shape before any tensor data is read: the config, that every
+ * tensor is a lora_A/lora_B of a projection this model has and the config targets, that every targeted
+ * projection has both, and their shapes ([r, in] and [out, r]), so an adapter trained for another model (or
+ * another size of it) fails with a message naming the tensor. Only the model's config and projection sizes are
+ * read, so a stored model is checked without loading its weights.
  */
-export async function importPeftAdapter(model: CausalLM, configJson: string, safetensors: ByteSource): Promise<LoraAdapter> {
+export async function checkPeftAdapter(model: ModelShape, configJson: string, safetensors: ByteSource): Promise<CheckedPeftAdapter> {
   const { settings, baseModelName } = parsePeftAdapterConfig(model, configJson);
   const file = safetensors.name;
   const trainedFor = baseModelName ? ` It was trained for ${baseModelName}.` : '';
@@ -246,7 +264,7 @@ export async function importPeftAdapter(model: CausalLM, configJson: string, saf
   const targets = new Set(resolved.linears);
 
   const header = await readHeader(safetensors);
-  const found = new Map<Linear, { A?: TensorEntry; B?: TensorEntry }>();
+  const found = new Map<ProjectionShape, { A?: TensorEntry; B?: TensorEntry }>();
   for (const entry of header.tensors) {
     const m = LORA_KEY.exec(entry.name.startsWith(KEY_PREFIX) ? entry.name.slice(KEY_PREFIX.length) : entry.name);
     if (!m) {
@@ -266,14 +284,21 @@ export async function importPeftAdapter(model: CausalLM, configJson: string, saf
     found.set(linear, slot);
     const want = which === 'A' ? [settings.rank, linear.inFeatures] : [linear.outFeatures, settings.rank];
     if (entry.shape.length !== 2 || entry.shape[0] !== want[0] || entry.shape[1] !== want[1]) {
+      // A tool that kept GPT-2's Conv1D orientation ([in, out]) for the LoRA matrices too writes them transposed;
+      // PEFT itself always saves lora_A [r, in] and lora_B [out, r], whatever fan_in_fan_out says.
+      const transposed = entry.shape.length === 2 && want[0] !== want[1] && entry.shape[0] === want[1] && entry.shape[1] === want[0];
       throw new UserError(
         file,
         `tensor "${entry.name}" has shape [${entry.shape.join(', ')}], but rank ${settings.rank} on this model's ` +
-          `${linear.inFeatures} → ${linear.outFeatures} projection ${linear.path} needs [${want.join(', ')}].`,
-        otherModel,
+          `${linear.inFeatures} → ${linear.outFeatures} projection ${linear.path} needs [${want.join(', ')}]` +
+          (transposed ? ` (it is stored transposed, in Conv1D's [in, out] orientation).` : '.'),
+        transposed
+          ? 'Save lora_A as [r, in] and lora_B as [out, r], as PEFT does whatever fan_in_fan_out says.'
+          : otherModel,
       );
     }
   }
+  const modules: CheckedPeftModule[] = [];
   for (const linear of resolved.linears) {
     const slot = found.get(linear);
     for (const which of ['A', 'B'] as const) {
@@ -281,12 +306,36 @@ export async function importPeftAdapter(model: CausalLM, configJson: string, saf
         throw new UserError(file, `has no lora_${which} weight for module ${linear.path}, which target_modules selects.`, 'Use the adapter_config.json that came with these weights.');
       }
     }
+    modules.push({ path: linear.path, A: slot!.A!, B: slot!.B! });
   }
+  const parameterCount = resolved.linears.reduce((n, l) => n + settings.rank * (l.inFeatures + l.outFeatures), 0);
+  return { settings, baseModelName, modules, parameterCount };
+}
 
+/**
+ * The values of a checked adapter, keyed by module path, as float32. A NaN or infinite value is refused naming
+ * the tensor: such an adapter would poison every output and every further training step.
+ */
+export async function readPeftAdapterTensors(checked: CheckedPeftAdapter, safetensors: ByteSource): Promise<Map<string, LoraModuleTensors>> {
+  const read = async (e: TensorEntry): Promise<Float32Array> => {
+    const values = toFloat32(e.dtype, await readTensorBytes(safetensors, e));
+    const bad = values.findIndex((x) => !Number.isFinite(x));
+    if (bad >= 0) {
+      throw new UserError(
+        safetensors.name,
+        `holds a NaN or infinite value in tensor ${e.name} (element ${bad} of ${e.shape.join('×')}).`,
+        'The adapter was saved from a diverged run; use an earlier checkpoint of it.',
+      );
+    }
+    return values;
+  };
   const tensors = new Map<string, LoraModuleTensors>();
-  for (const [linear, slot] of found) {
-    const read = async (e: TensorEntry): Promise<Float32Array> => toFloat32(e.dtype, await readTensorBytes(safetensors, e));
-    tensors.set(linear.path, { A: await read(slot.A!), B: await read(slot.B!) });
-  }
-  return LoraAdapter.fromTensors(model, settings, tensors);
+  for (const m of checked.modules) tensors.set(m.path, { A: await read(m.A), B: await read(m.B) });
+  return tensors;
+}
+
+/** Loads a PEFT LoRA adapter for `model`: checkPeftAdapter, then its values (see both). */
+export async function importPeftAdapter(model: CausalLM, configJson: string, safetensors: ByteSource): Promise<LoraAdapter> {
+  const checked = await checkPeftAdapter(model, configJson, safetensors);
+  return LoraAdapter.fromTensors(model, checked.settings, await readPeftAdapterTensors(checked, safetensors));
 }

@@ -75,6 +75,49 @@ export function summarizeRun(m: RunMeasurements): RunSummary {
   };
 }
 
+/**
+ * Which adapter the run's output holds (see worker/best-adapter.ts): with evaluation, the one of the best eval loss;
+ * `adapter_from_step` is the step its weights are from (the last step when nothing was evaluated).
+ */
+export interface AdapterOrigin {
+  readonly best_eval: { readonly step: number; readonly eval_loss: number } | null;
+  readonly adapter_from_step: number;
+}
+
+/** A timed step with its number: what is kept across a resume, so that each step is counted once. */
+export interface NumberedStepTiming extends StepTiming {
+  /** The optimizer step (1-based) this timing is of. */
+  readonly step: number;
+}
+
+/**
+ * What a run had measured when a checkpoint was taken, every earlier segment of it included; stored with the
+ * checkpoint so that a resumed run's run_summary.json covers the whole run, not only the part after the resume.
+ */
+export interface MeasuredSoFar {
+  /** Steps 1 … the checkpoint's step, each once. */
+  readonly steps: readonly NumberedStepTiming[];
+  readonly peakMemoryBytes: number;
+  /** Seconds of training up to the checkpoint, summed over the segments. */
+  readonly totalSeconds: number;
+  readonly wasmHeapBytes: number | null;
+}
+
+/**
+ * A run measured in segments (interrupted, then resumed from a checkpoint) as one: the earlier segments' steps up to
+ * `throughStep` (the checkpoint the later segment resumed from; the steps after it were trained again, so their
+ * first timings are dropped) followed by the later segment's, the peaks the larger of the two, the times summed.
+ */
+export function mergeMeasurements(earlier: MeasuredSoFar, throughStep: number, later: MeasuredSoFar): MeasuredSoFar {
+  const larger = (a: number | null, b: number | null) => (a === null ? b : b === null ? a : Math.max(a, b));
+  return {
+    steps: [...earlier.steps.filter((s) => s.step <= throughStep), ...later.steps.filter((s) => s.step > throughStep)],
+    peakMemoryBytes: Math.max(earlier.peakMemoryBytes, later.peakMemoryBytes),
+    totalSeconds: earlier.totalSeconds + later.totalSeconds,
+    wasmHeapBytes: larger(earlier.wasmHeapBytes, later.wasmHeapBytes),
+  };
+}
+
 export function runSummaryJson(summary: RunSummary): string {
   return `${JSON.stringify(summary, null, 2)}\n`;
 }

@@ -43,3 +43,40 @@ export function mergedWeights(model: CausalLM, adapter: LoraAdapter): Map<string
   }
   return out;
 }
+
+/** One adapted projection's matrices as plain arrays (DOM- and tfjs-free), for the streaming merge. */
+export interface LoraDelta {
+  /** The HF module path; the weight it changes is `${path}.weight`. */
+  readonly path: string;
+  /** `in_out`: GPT-2's Conv1D, weight stored [in, out], so ΔW is added transposed. */
+  readonly layout: 'in_out' | 'out_in';
+  readonly rank: number;
+  readonly inFeatures: number;
+  readonly outFeatures: number;
+  /** lora_A.weight [r, in], row-major. */
+  readonly A: Float32Array;
+  /** lora_B.weight [out, r], row-major. */
+  readonly B: Float32Array;
+}
+
+/** An adapter as the streaming merge (core/export/merged-model.ts) takes it: ΔW = scaling·B·A per module. */
+export interface LoraDeltas {
+  readonly scaling: number;
+  readonly modules: readonly LoraDelta[];
+}
+
+/** Reads an adapter's matrices off the device (small: r·(in + out) values per module). */
+export async function loraDeltasOf(adapter: LoraAdapter): Promise<LoraDeltas> {
+  const modules = await Promise.all(
+    adapter.modules.map(async (m) => ({
+      path: m.path,
+      layout: m.linear.layout,
+      rank: adapter.settings.rank,
+      inFeatures: m.linear.inFeatures,
+      outFeatures: m.linear.outFeatures,
+      A: (await m.A.data()) as Float32Array,
+      B: (await m.B.data()) as Float32Array,
+    })),
+  );
+  return { scaling: adapter.scaling, modules };
+}

@@ -1,6 +1,5 @@
 import { UserError } from '../errors.js';
-import type { Linear } from '../models/linear.js';
-import type { CausalLM } from '../models/model.js';
+import type { ModelConfig } from '../models/config.js';
 
 /**
  * The LoRA hyperparameters, with PEFT's meaning (LoraConfig): `rank` is `r`, `alpha` is `lora_alpha`,
@@ -53,6 +52,22 @@ export function validateLoraSettings(s: LoraSettings): void {
 
 const leafName = (path: string): string => path.slice(path.lastIndexOf('.') + 1);
 
+/** What target resolution reads of a projection: a loaded model's Linear is one. */
+export interface ProjectionShape {
+  readonly path: string;
+  readonly inFeatures: number;
+  readonly outFeatures: number;
+}
+
+/**
+ * What target resolution and adapter checks read of a model: its config and its projections in module order. A
+ * loaded CausalLM is one; so is a stored model's config with its projections (no weights loaded).
+ */
+export interface ModelShape<L extends ProjectionShape = ProjectionShape> {
+  readonly config: ModelConfig;
+  readonly linears: readonly L[];
+}
+
 /** PEFT's test for a list of target names (check_target_module_exists): exact path, or a suffix after a dot. */
 export function moduleMatches(path: string, target: string): boolean {
   return path === target || path.endsWith(`.${target}`);
@@ -63,12 +78,12 @@ export function moduleMatches(path: string, target: string): boolean {
  * so adapting it would also change the embedding lookup in a merged model, which PEFT's LoRA on
  * lm_head does not do.
  */
-function adaptableLinears(model: CausalLM): readonly Linear[] {
+function adaptableLinears<L extends ProjectionShape>(model: ModelShape<L>): readonly L[] {
   return model.config.tiedEmbeddings ? model.linears.filter((l) => l.path !== 'lm_head') : model.linears;
 }
 
 /** Distinct last path components in module order, for "its modules are: ..." messages. */
-export function moduleNames(linears: readonly Linear[]): string[] {
+export function moduleNames(linears: readonly ProjectionShape[]): string[] {
   return [...new Set(linears.map((l) => leafName(l.path)))];
 }
 
@@ -76,17 +91,17 @@ export function moduleNames(linears: readonly Linear[]): string[] {
  * Resolves target names to the model's projections, in module order. Returns a problem sentence
  * instead of throwing so callers can name the right subject (a settings field or an uploaded file).
  */
-export function resolveTargets(
-  model: CausalLM,
+export function resolveTargets<L extends ProjectionShape>(
+  model: ModelShape<L>,
   targets: LoraSettings['targetModules'],
-): { linears: Linear[] } | { problem: string; fix: string } {
+): { linears: L[] } | { problem: string; fix: string } {
   if (targets === 'all-linear') {
     // PEFT's all-linear (_maybe_include_all_linear_layers) skips the output embedding of a generative model.
     return { linears: model.linears.filter((l) => l.path !== 'lm_head') };
   }
   if (targets.length === 0) return { problem: 'names no module.', fix: 'Pick at least one module, or use all-linear.' };
   const adaptable = adaptableLinears(model);
-  const chosen = new Set<Linear>();
+  const chosen = new Set<L>();
   const available = moduleNames(adaptable).join(', ');
   for (const target of targets) {
     const matches = model.linears.filter((l) => moduleMatches(l.path, target));
@@ -112,7 +127,7 @@ export function resolveTargets(
  * projection except lm_head). A name that matches nothing is a UserError listing the module names the
  * model has, since a typo would otherwise silently train nothing.
  */
-export function selectTargets(model: CausalLM, targets: LoraSettings['targetModules']): Linear[] {
+export function selectTargets<L extends ProjectionShape>(model: ModelShape<L>, targets: LoraSettings['targetModules']): L[] {
   const r = resolveTargets(model, targets);
   if ('problem' in r) throw new UserError('target_modules', r.problem, r.fix);
   return r.linears;

@@ -96,3 +96,36 @@ export async function generate(model: CausalLM, ids: readonly number[], opts: Ge
   }
   return produced;
 }
+
+/** One generated token with what the model thought of it: its probability and the most likely alternatives. */
+export interface ScoredToken {
+  readonly id: number;
+  /** The token's probability under the model (softmax of the logits at temperature 1), whatever the sampling temperature. */
+  readonly prob: number;
+  /** The `topK` most likely tokens at that position, most likely first (the chosen one among them when it ranks there). */
+  readonly top: readonly TokenProb[];
+}
+
+/**
+ * generate(), also reporting for each new token its probability and the top alternatives at that position: what
+ * the playground shows on hover. The same seed draws the same random numbers, so two models (base and adapted)
+ * sampled with the same settings differ only where their distributions do.
+ */
+export async function generateScored(model: CausalLM, ids: readonly number[], opts: GenerateOptions & { readonly topK: number }): Promise<ScoredToken[]> {
+  if (!(opts.temperature >= 0)) throw new Error(`temperature must be >= 0, got ${opts.temperature}`);
+  const random = seededRandom(opts.seed);
+  const stop = new Set(opts.stopTokenIds ?? []);
+  const context = [...ids];
+  const produced: ScoredToken[] = [];
+  for (let step = 0; step < opts.maxNewTokens; step++) {
+    const logits = await lastLogits(model, context, opts.forward);
+    const probs = softmax(logits, 1);
+    const next = opts.temperature === 0 ? argmax(logits) : sample(opts.temperature === 1 ? probs : softmax(logits, opts.temperature), random());
+    const order = Array.from(probs.keys()).sort((a, b) => probs[b]! - probs[a]! || a - b);
+    produced.push({ id: next, prob: probs[next]!, top: order.slice(0, Math.max(0, opts.topK)).map((id) => ({ id, prob: probs[id]! })) });
+    context.push(next);
+    opts.onToken?.(next);
+    if (stop.has(next)) break;
+  }
+  return produced;
+}

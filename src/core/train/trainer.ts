@@ -117,6 +117,12 @@ export interface TrainerOptions {
   readonly logSteps?: number;
   /** Evaluate every this many steps; 0 = at the end of each epoch (and of training). Default 0. */
   readonly evalSteps?: number;
+  /**
+   * Evaluate once before the first step, reported through onEval at step 0 (Hugging Face's eval_on_start): the
+   * loss of the adapter as it starts (B = 0: the base model's; an imported adapter's own). Not repeated when a run
+   * resumes past step 0. Default false.
+   */
+  readonly evalOnStart?: boolean;
   /** Windows per evaluation batch. Default batchSize. */
   readonly evalBatchSize?: number;
   /** onSave every this many steps; 0 = never. Default 0. */
@@ -196,6 +202,7 @@ export class Trainer {
       maxSteps: o.maxSteps ?? 0,
       logSteps: o.logSteps ?? 0,
       evalSteps: o.evalSteps ?? 0,
+      evalOnStart: o.evalOnStart ?? false,
       evalBatchSize: o.evalBatchSize ?? o.batchSize,
       saveSteps: o.saveSteps ?? 0,
       scheduler: o.scheduler ?? 'linear',
@@ -351,6 +358,8 @@ export class Trainer {
         // after skips leaves some pending, and a resumed run then gets MAX_SKIPPED_IN_ROW fresh tries.
         skippedSteps = from.skippedSteps ?? 0;
       }
+      // Before any update, so it measures the adapter as it starts; a resumed run (step > 0) has it already.
+      if (p.evalOnStart && step === 0) await this.evaluateNow(0);
       const start = next;
       for (let epoch = start.epoch; end === null; epoch++) {
         const micro = orderOf(epoch);

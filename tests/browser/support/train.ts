@@ -1,6 +1,8 @@
 import { readFileSync } from 'node:fs';
 import type { Page } from 'playwright-core';
+import { inject } from 'vitest';
 import type { ExportedFile, RunEvent } from '../../../src/worker/protocol';
+import { openBrowser, type BrowserSession } from '../harness';
 import { MODELS_DIR } from './fixtures';
 
 export interface TrainedRun {
@@ -16,6 +18,41 @@ export async function useBackend(page: Page, backend: 'webgpu' | 'wasm'): Promis
   await page.evaluate((b) => localStorage.setItem('lora-lab.backend', b), backend);
   await page.reload();
   await page.locator(`[data-testid=backend] .badge[data-backend=${backend}]`).waitFor({ timeout: 60_000 });
+}
+
+/**
+ * A fresh browser on the app (appUrl), its engine on `backend` (useBackend: set, reload, wait for the badge).
+ * `viewport` is set before the app loads; `beforeBackend` runs on the loaded app before useBackend's reload (e.g. to
+ * put settings in localStorage that the app reads as it starts). If a step fails, the browser is closed.
+ */
+export async function openApp(
+  options: { backend?: 'webgpu' | 'wasm'; viewport?: { width: number; height: number }; beforeBackend?: (page: Page) => Promise<unknown> } = {},
+): Promise<BrowserSession> {
+  const browser = await openBrowser();
+  try {
+    if (options.viewport) await browser.page.setViewportSize(options.viewport);
+    await browser.page.goto(inject('appUrl'));
+    await options.beforeBackend?.(browser.page);
+    await useBackend(browser.page, options.backend ?? 'wasm');
+    return browser;
+  } catch (e) {
+    await browser.close();
+    throw e;
+  }
+}
+
+/** Loads the app (appUrl) in `page` and waits until its engine is ready (window.loraLab.ready). */
+export async function startedApp(page: Page): Promise<void> {
+  await page.goto(inject('appUrl'));
+  await page.waitForFunction(() => window.loraLab !== undefined);
+  await page.evaluate(() => window.loraLab!.ready);
+}
+
+/** Presses "Try the demo" and waits until its set-up has finished: the demo model chosen and the button back. */
+export async function tryTheDemo(page: Page): Promise<void> {
+  await page.getByRole('button', { name: 'Try the demo' }).click();
+  await page.getByRole('radio', { name: /^demo-gpt2-moby-dick\b/, checked: true }).waitFor({ timeout: 60_000 });
+  await page.getByRole('button', { name: 'Try the demo' }).waitFor({ timeout: 60_000 }); // set-up finished
 }
 
 /** Imports a fixture model folder through the app's folder picker; returns its id. */

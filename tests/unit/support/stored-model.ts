@@ -12,11 +12,15 @@ const FIXTURES = fileURLToPath(new URL('../../../../shared/fixtures/models/', im
 
 /** A fresh database (fake-indexeddb) holding the fixture tiny-gpt2, imported as the app imports a folder. */
 export async function freshDbWithTinyGpt2(): Promise<{ db: LoraLabDb; modelId: string }> {
+  return freshDbWithModelFolder(join(FIXTURES, 'tiny-gpt2'), 'tiny-gpt2');
+}
+
+/** A fresh database (fake-indexeddb) holding the model folder `dir` (e.g. public/demo/model), imported as `name`. */
+export async function freshDbWithModelFolder(dir: string, name: string): Promise<{ db: LoraLabDb; modelId: string }> {
   await closeDatabase();
   await deleteDB(DB_NAME);
   const db = await openDatabase();
-  const dir = join(FIXTURES, 'tiny-gpt2');
-  const files = readdirSync(dir).map((name) => bytesSource(`tiny-gpt2/${name}`, new Uint8Array(readFileSync(join(dir, name)))));
-  const modelId = (await importModel(db, files, { name: 'tiny-gpt2', locks: localLocks() })).id;
+  const files = readdirSync(dir).map((file) => bytesSource(`${name}/${file}`, new Uint8Array(readFileSync(join(dir, file)))));
+  const modelId = (await importModel(db, files, { name, locks: localLocks() })).id;
   return { db, modelId };
 }
