@@ -96,7 +96,10 @@ async function main() {
   const sweep = paths.hasSweep ? await loadSweep(configPath, paths.text) : null;
   if (sweep && crash) throw new InputError('--crash-at-step: works on one run, not on a sweep; remove sweep or the option');
 
-  const outDir = mkdtempSync(join(tmpdir(), 'lora-lab-headless-'));
+  // LORA_LAB_BUILT_APP: a production build made already (the browser tests' own), served as it is instead of
+  // building the same app once more for every run; it is not ours to delete.
+  const prebuilt = process.env.LORA_LAB_BUILT_APP || null;
+  const outDir = prebuilt ?? mkdtempSync(join(tmpdir(), 'lora-lab-headless-'));
   let server;
   let browser;
   let guard;
@@ -107,12 +110,14 @@ async function main() {
       server.httpServer.closeAllConnections?.();
       await withTimeout(new Promise((r) => server.httpServer.close(r)), 10_000);
     }
-    rmSync(outDir, { recursive: true, force: true });
+    if (!prebuilt) rmSync(outDir, { recursive: true, force: true });
   };
   onSignals(cleanUp);
   try {
-    console.log('building the app…');
-    buildApp(outDir);
+    if (!prebuilt) {
+      console.log('building the app…');
+      buildApp(outDir);
+    }
     const { preview } = await import('vite');
     server = await preview({ root: ROOT, build: { outDir }, preview: { host: '127.0.0.1', port: 0 }, logLevel: 'silent' });
     const url = server.resolvedUrls.local[0];

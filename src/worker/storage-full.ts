@@ -42,6 +42,8 @@ export function pauseOnFullStorage(hooks: StorageFullHooks): StorageFullPause {
         } catch (e) {
           if (!isStorageFull(e) || stopping) throw e;
           hooks.paused(storageFullMessage(what));
+          // Stop may come from inside `paused` itself (a listener answering at once): then the last try is now.
+          if (stopping) continue;
           const decision = await new Promise<'retry' | 'last-try'>((resolve) => (release = resolve));
           release = null;
           if (decision === 'last-try') stopping = true;

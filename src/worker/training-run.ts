@@ -335,14 +335,15 @@ async function runTrainer(db: LoraLabDb, runId: string, p: Prepared, ctx: RunCon
     // The run's output folder. A diverged run keeps the last good adapter (the bad update was never applied).
     // With evaluation the top level holds the best adapter and last/ the last one (see best-adapter.ts).
     const { files: adapterFiles, origin } = await bestKept.outputFiles(await exportPeftAdapter(model, adapter, stored.name), end.step);
-    for (const [name, bytes] of Object.entries(adapterFiles)) await putArtifact(db, runId, name, bytes);
+    // Through `kept` as during training: a full disk here pauses the finished run until Resume (or Stop) too.
+    for (const [name, bytes] of Object.entries(adapterFiles)) await kept(`file ${name}`, () => putArtifact(db, runId, name, bytes));
     if (config.export_merged) await writeMergedFromAdapterFiles(db, runId, stored, adapterFiles, (p) => ctx.progress(p));
-    await putArtifact(db, runId, 'config.yaml', runConfigToYaml(config));
+    await kept('file config.yaml', () => putArtifact(db, runId, 'config.yaml', runConfigToYaml(config)));
     const findings: Finding[] = diagnosis.findings();
-    await putArtifact(db, runId, 'diagnosis.json', diagnosisJson(findings));
+    await kept('file diagnosis.json', () => putArtifact(db, runId, 'diagnosis.json', diagnosisJson(findings)));
     // The interruptions the run survived ride along with the measurements (runSummaryJson writes what it is given).
     const summary: RunSummary & AdapterOrigin & { readonly interruptions: readonly Interruption[] } = { ...measure.summary(), interruptions, ...origin };
-    await putArtifact(db, runId, 'run_summary.json', runSummaryJson(summary));
+    await kept('file run_summary.json', () => putArtifact(db, runId, 'run_summary.json', runSummaryJson(summary)));
     await bestKept.discard();
     await updateRun(db, runId, {
       status: end.reason === 'completed' || end.reason === 'early_stopped' ? 'completed' : end.reason,

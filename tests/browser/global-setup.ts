@@ -11,6 +11,8 @@ declare module 'vitest' {
     appUrl: string;
     /** The Vite dev server: lets a test page import any module of src/ directly. */
     devUrl: string;
+    /** The folder of that production build: the headless runner serves it instead of building its own. */
+    builtAppDir: string;
   }
 }
 
@@ -36,6 +38,7 @@ export async function setup(project: TestProject): Promise<void> {
   await dev.listen();
   project.provide('appUrl', urlOf(built.resolvedUrls?.local[0]));
   project.provide('devUrl', urlOf(dev.resolvedUrls?.local[0]));
+  project.provide('builtAppDir', outDir);
 }
 
 export async function teardown(): Promise<void> {

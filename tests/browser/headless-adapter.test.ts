@@ -1,9 +1,9 @@
-import { spawnSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { expect, test } from 'vitest';
 import { MODELS_DIR } from './support/fixtures';
+import { runHeadless } from './support/headless';
 
 // init_adapter in the headless runner, end to end: a PEFT adapter folder next to the YAML (here the fixture's,
 // through a link) is stored with the model and the run starts from it: its step-0 evaluation (eval_on_start) is the
@@ -23,7 +23,7 @@ test('npm run headless with init_adapter: ./adapter starts from that adapter', (
     ['base_model: ./model', 'train_data: ./data/train.txt', 'val_data: ./data/val.txt', 'output_dir: ./output/further', 'init_adapter: ./adapter',
       'eval_on_start: true', 'learning_rate: 1e-3', 'max_steps: 2', 'batch_size: 2', `seq_len: ${REFERENCE.seq_len}`, 'log_steps: 1', 'backend: wasm'].join('\n'),
   );
-  const result = spawnSync(process.execPath, ['scripts/headless.mjs', 'train', '--config', join(dir, 'run.yaml')], { encoding: 'utf8', timeout: 240_000 });
+  const result = runHeadless(['train', '--config', join(dir, 'run.yaml')], { timeoutMs: 240_000 });
   expect(result.stderr).toBe('');
   expect(result.status).toBe(0);
   expect(result.stdout).toMatch(/^importing the adapter \.\/adapter$/m);

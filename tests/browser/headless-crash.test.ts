@@ -1,4 +1,3 @@
-import { spawnSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, relative } from 'node:path';
@@ -6,6 +5,7 @@ import { expect, test } from 'vitest';
 import { readEventFile, scalarSeries } from '../../src/core/logging';
 import { applyRestarts, isSessionStart } from '../../src/core/logging/session-log';
 import { MODELS_DIR } from './support/fixtures';
+import { runHeadless } from './support/headless';
 
 // `npm run headless -- train --config RUN.yaml --crash-at-step 5`: the worker stops dead right after step 5, the page
 // is torn down, the app reopens on the same profile and resumes the run from its step-4 checkpoint. The output
@@ -13,7 +13,7 @@ import { MODELS_DIR } from './support/fixtures';
 // run_summary.json.
 
 function headless(configPath: string, ...extra: string[]) {
-  return spawnSync(process.execPath, ['scripts/headless.mjs', 'train', '--config', configPath, ...extra], { encoding: 'utf8', timeout: 280_000 });
+  return runHeadless(['train', '--config', configPath, ...extra], { timeoutMs: 280_000 });
 }
 
 /** A run folder: data, a link to the fixture model, and the config; the same relative output_dir in each. */
@@ -90,7 +90,7 @@ test('--crash-at-step 5: the resumed run writes what the uninterrupted run write
 }, 600_000);
 
 test('--crash-at-step without a step number is refused in one line, before anything is built', () => {
-  const result = headless(join(runFolder(), 'run.yaml'), '--crash-at-step', 'soon');
+  const result = runHeadless(['train', '--config', join(runFolder(), 'run.yaml'), '--crash-at-step', 'soon'], { timeoutMs: 60_000, build: 'own' });
   expect(result.status).toBe(2);
   expect(result.stderr).toBe('error: --crash-at-step: needs a step number (1 or more), not soon\n');
 });

@@ -1,10 +1,10 @@
-import { spawnSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readdirSync, readFileSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, relative } from 'node:path';
 import { expect, test } from 'vitest';
 import { parseEventFiles } from '../../src/storage/imported-logs';
 import { MODELS_DIR } from './support/fixtures';
+import { runHeadless } from './support/headless';
 
 /** Every file under a folder, paths relative to it: what TensorBoard pointed at the folder walks. */
 function walk(root: string, dir = root): string[] {
@@ -33,7 +33,7 @@ test('a 2 × 2 sweep in the run config trains four runs back to back into their 
       'max_steps: 3', 'batch_size: 2', 'seq_len: 32', 'log_steps: 1', 'eval_steps: 2', 'backend: wasm',
       'sweep:', '  learning_rate: [1.0e-3, 3.0e-2]', '  lora_rank: [2, 4]'].join('\n'),
   );
-  const result = spawnSync(process.execPath, ['scripts/headless.mjs', 'train', '--config', join(dir, 'run.yaml')], { encoding: 'utf8', timeout: 280_000 });
+  const result = runHeadless(['train', '--config', join(dir, 'run.yaml')], { timeoutMs: 280_000 });
   expect(result.stderr).toBe('');
   expect(result.status).toBe(0);
   const names = ['lr_1e-3_r_2', 'lr_1e-3_r_4', 'lr_3e-2_r_2', 'lr_3e-2_r_4'];
@@ -94,7 +94,7 @@ test('a bad sweep is refused in one line naming the key and its line, before any
   writeFileSync(join(dir, 'model', 'config.json'), '{}');
   writeFileSync(join(dir, 'train.txt'), 'text');
   writeFileSync(join(dir, 'run.yaml'), ['base_model: ./model', 'train_data: ./train.txt', 'output_dir: ./out', 'sweep:', '  learning_rate: []'].join('\n'));
-  const result = spawnSync(process.execPath, ['scripts/headless.mjs', 'train', '--config', join(dir, 'run.yaml')], { encoding: 'utf8', timeout: 60_000 });
+  const result = runHeadless(['train', '--config', join(dir, 'run.yaml')], { timeoutMs: 60_000, build: 'own' });
   expect(result.status).toBe(2);
   expect(result.stderr).toBe('error: sweep.learning_rate: the list is empty; give at least one value, or remove the key (run.yaml line 5)\n');
   expect(result.stdout).not.toMatch(/building/);

@@ -1,4 +1,3 @@
-import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -6,10 +5,11 @@ import { expect, test } from 'vitest';
 import { readEventFile, scalarSeries } from '../../src/core/logging';
 import { bytesSource, readHeader } from '../../src/core/safetensors';
 import { MODELS_DIR } from './support/fixtures';
+import { runHeadless } from './support/headless';
 
-/** The runner, as a person runs it. */
-function headless(configPath: string) {
-  return spawnSync(process.execPath, ['scripts/headless.mjs', 'train', '--config', configPath], { encoding: 'utf8', timeout: 240_000 });
+/** The runner, as a person runs it: the first test lets it build the app itself, the way a person's run does. */
+function headless(configPath: string, build: 'own' | 'reuse' = 'reuse') {
+  return runHeadless(['train', '--config', configPath], { timeoutMs: 240_000, build });
 }
 
 test('npm run headless -- train --config RUN.yaml writes the run folder into output_dir, the model given through a symbolic link', async () => {
@@ -25,7 +25,7 @@ test('npm run headless -- train --config RUN.yaml writes the run folder into out
     ['base_model: ./model', 'train_data: ./data/train.txt', 'val_data: ./data/val.txt', 'output_dir: ./output/lr_1e-2', 'lora_rank: 4',
       'lora_alpha: 8', 'learning_rate: 1e-2', 'lr_scheduler: constant', 'max_steps: 6', 'batch_size: 2', 'seq_len: 32', 'log_steps: 2', 'eval_steps: 6', 'backend: wasm'].join('\n'),
   );
-  const result = headless(join(dir, 'run.yaml'));
+  const result = headless(join(dir, 'run.yaml'), 'own');
   expect(result.stderr).toBe('');
   expect(result.status).toBe(0);
   expect(result.stdout).toMatch(/^step 6 epoch [\d.]+ loss [\d.]+ lr 0\.01 /m);

@@ -1,8 +1,8 @@
-import { afterAll, beforeAll, describe, expect, inject, test } from 'vitest';
+import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { readEventFile, scalarSeries } from '../../src/core/logging';
 import type { Finding } from '../../src/core/diagnose';
-import { openBrowser, type BrowserSession } from './harness';
-import { importFixtureModel, trainInPage, useBackend, type TrainedRun } from './support/train';
+import type { BrowserSession } from './harness';
+import { importFixtureModel, openApp, trainInPage, type TrainedRun } from './support/train';
 
 const phrase = 'zebra quilt jinx! '.repeat(12);
 const trainText = Array.from({ length: 8 }, () => phrase).join('\n\n');
@@ -17,10 +17,8 @@ function config(lines: Record<string, string | number>): string {
 const findingsOf = (run: TrainedRun): Finding[] => run.events.flatMap((e) => (e.kind === 'diagnosis' ? [e.findings] : [])).at(-1) ?? [];
 
 beforeAll(async () => {
-  browser = await openBrowser();
-  await browser.page.goto(inject('appUrl'));
   // wasm: these runs check numbers and curve shapes, not GPU kernels, and wasm is fast on a CPU.
-  await useBackend(browser.page, 'wasm');
+  browser = await openApp({ backend: 'wasm' });
   modelId = await importFixtureModel(browser.page, 'tiny-gpt2');
 });
 afterAll(async () => browser?.close());

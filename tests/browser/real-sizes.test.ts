@@ -1,10 +1,10 @@
-import { spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, expect, test } from 'vitest';
 import { shapeConfig, writeSyntheticModel } from '../../scripts/synthetic-model';
 import { realTokenizerFiles, type RealTokenizerName } from '../unit/reference-tokenizers';
+import { runHeadless } from './support/headless';
 
 // Models at the widths people fine-tune (random weights, real tokenizers), trained for one step through
 // the headless runner, i.e. through the app's own import, load and training code. (SmolLM2-135M with all
@@ -31,7 +31,7 @@ function train(name: string, modelDir: string, settings: string[]): { summary: S
   writeFileSync(join(work, `${name}.txt`), TEXT);
   const config = join(work, `${name}.yaml`);
   writeFileSync(config, [`base_model: ${modelDir}`, `train_data: ./${name}.txt`, `output_dir: ${dir}`, 'max_steps: 1', 'log_steps: 1', 'lora_rank: 8', ...settings].join('\n'));
-  const result = spawnSync(process.execPath, ['scripts/headless.mjs', 'train', '--config', config], { encoding: 'utf8', timeout: 1_500_000 });
+  const result = runHeadless(['train', '--config', config], { timeoutMs: 1_500_000 });
   expect(result.stderr).toBe('');
   expect(result.status).toBe(0);
   const summaryText = readFileSync(join(dir, 'run_summary.json'), 'utf8');

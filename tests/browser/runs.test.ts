@@ -2,10 +2,10 @@ import { mkdirSync, readdirSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { unzipSync } from 'fflate';
 import type { Page } from 'playwright-core';
-import { afterAll, beforeAll, describe, expect, inject, test } from 'vitest';
+import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { EventFileWriter } from '../../src/core/logging';
-import { openBrowser, type BrowserSession } from './harness';
-import { importFixtureModel, trainInPage, useBackend, type TrainedRun } from './support/train';
+import type { BrowserSession } from './harness';
+import { importFixtureModel, openApp, trainInPage, type TrainedRun } from './support/train';
 
 // Comparing runs, as a person does it in the Result step: two runs that differ only in learning_rate,
 // overlaid; then TensorBoard logs from elsewhere, imported through the picker. Trained on wasm with tiny
@@ -69,10 +69,8 @@ let page: Page;
 const trained: Record<string, TrainedRun> = {};
 
 beforeAll(async () => {
-  browser = await openBrowser();
+  browser = await openApp();
   page = browser.page;
-  await page.goto(inject('appUrl'));
-  await useBackend(page, 'wasm');
 });
 afterAll(async () => browser?.close());
 

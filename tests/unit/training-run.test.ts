@@ -52,13 +52,26 @@ async function onlyRun(): Promise<StoredRun> {
 }
 
 describe('a failure after training', () => {
-  it('a full disk while storing the adapter marks the run failed with a clear message, never leaves it running', async () => {
+  it('a full disk while storing the adapter pauses the finished run; Stop while still full marks it failed with a clear message', async () => {
     const quota = () => new DOMException('The quota has been exceeded.', 'QuotaExceededError');
     const events: RunEvent[] = [];
+    let control: ((action: 'pause' | 'resume' | 'stop') => void) | null = null;
+    const onEvent = (e: RunEvent) => {
+      events.push(e);
+      if (e.kind === 'paused') control?.('stop'); // the person gives up instead of freeing space
+    };
     let thrown: unknown;
-    await train(failingArtifacts(db, quota), localLocks(), (e) => events.push(e)).catch((e: unknown) => (thrown = e));
+    const ctx = runContext(onEvent, (handler) => (control = handler));
+    await trainPinned(failingArtifacts(db, quota), { modelId, configYaml: CONFIG, trainData: new File([TEXT], 'train.txt'), valData: null }, ctx, localLocks()).catch(
+      (e: unknown) => (thrown = e),
+    );
     // Training itself ran: both steps were taken before the output was written.
     expect(events.filter((e) => e.kind === 'step')).toHaveLength(2);
+    // The run paused for space, saying what could not be stored, before Stop ended it.
+    expect(events.find((e) => e.kind === 'paused')).toEqual({
+      kind: 'paused',
+      reason: "Storage is full: the run's file adapter_model.safetensors could not be stored. Free space (Storage panel) and press Resume.",
+    });
     expect(isUserError(thrown)).toBe(true);
     const message = (thrown as Error).message;
     expect(message).toMatch(/^browser storage: is full: the run's file adapter_model\.safetensors could not be stored\./);
