@@ -3,6 +3,7 @@
 // status written), the page is torn down, the app is opened again on the same browser profile, its start-up
 // sweep marks the run interrupted, and the run is resumed from its last checkpoint and trained to the end.
 import { RunnerError } from './headless-guard.mjs';
+import { listExportedInPage } from './headless-export.mjs';
 
 /** How long a new page waits for the dead page's run lock to be dropped (Chromium drops it soon, not at once). */
 const SWEEP_TIMEOUT_MS = 30_000;
@@ -74,18 +75,15 @@ export async function resumeAfterCrash({ page, context, url, halt, modelId, guar
             { onEvent: (e) => window.loraLabHeadlessEvent(e), onProgress: (p) => window.loraLabHeadlessProgress(p) },
           );
           const { files } = await window.loraLab.call('exportRun', { runId: run.runId });
-          const b64 = (bytes) => {
-            let s = '';
-            for (let i = 0; i < bytes.length; i += 0x8000) s += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
-            return btoa(s);
-          };
-          return { ok: true, run, files: files.map((f) => ({ path: f.path, base64: b64(f.bytes) })) };
+          // Listed by listExportedInPage below; a merged model's Blobs are copied out a slice at a time.
+          window.loraLabHeadlessExport = files;
+          return { ok: true, run };
         } catch (e) {
           return { ok: false, message: e.message, userError: e.detail?.userError ?? false };
         }
       },
       { runId: halt.runId, modelId },
-    ),
+    ).then(async (r) => (r.ok ? { ...r, files: await next.evaluate(listExportedInPage) } : r)),
   );
   return { page: next, guard: watch, result };
 }

@@ -9,7 +9,7 @@
 // Exits 0 on success. Every failure, from a bad path to a crashed page, ends with exactly one line
 // `error: …` on stderr and a non-zero exit (2 for bad input, 1 otherwise), never a stack trace.
 import { execFileSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { basename, dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -17,6 +17,7 @@ import { crashWatch, resumeAfterCrash } from './headless-crash.mjs';
 import { firstLine, guardPage, RunnerError, withTimeout } from './headless-guard.mjs';
 import { InputError, parseArgs, readConfig } from './headless-inputs.mjs';
 import { importInitAdapter } from './headless-adapter.mjs';
+import { listExportedInPage, writeExportedFiles } from './headless-export.mjs';
 import { loadSweep, sweepSummary } from './headless-sweep.mjs';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
@@ -201,21 +202,18 @@ async function main() {
               { onEvent: (e) => window.loraLabHeadlessEvent(e), onProgress: (p) => window.loraLabHeadlessProgress(p) },
             );
             const { files } = await window.loraLab.call('exportRun', { runId: run.runId });
-            const b64 = (bytes) => {
-              let s = '';
-              for (let i = 0; i < bytes.length; i += 0x8000) s += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
-              return btoa(s);
-            };
-            return { ok: true, run, files: files.map((f) => ({ path: f.path, base64: b64(f.bytes) })) };
+            // Listed by listExportedInPage below; a merged model's Blobs are copied out a slice at a time.
+            window.loraLabHeadlessExport = files;
+            return { ok: true, run };
           } catch (e) {
             return { ok: false, message: e.message, userError: e.detail?.userError ?? false };
           }
         },
         { modelId: imported.modelId, configYaml, hasVal: paths.valData !== null, haltAfterStep },
-      ),
+      ).then(async (r) => (r.ok ? { ...r, files: await page.evaluate(listExportedInPage) } : r)),
     );
     if (sweep) {
-      await runSweep(sweep, train, paths.outputDir);
+      await runSweep(sweep, train, paths.outputDir, page);
       return;
     }
     const training = train(paths.text, crashAtStep ?? undefined);
@@ -230,20 +228,16 @@ async function main() {
       if (crash && result.ok) throw new InputError(`--crash-at-step ${crash.step}: the run ended after ${result.run?.steps ?? 'its'} steps, before that step`);
     }
     if (!result.ok) throw result.userError ? new InputError(result.message) : new RunnerError(`training: ${result.message}`);
-    writeRunFiles(paths.outputDir, result);
+    await writeRunFiles(page, paths.outputDir, result);
   } finally {
     await cleanUp();
   }
 }
 
-/** The run's exported files into its folder, and a line saying so. */
-function writeRunFiles(dir, result) {
+/** The run's exported files into its folder (headless-export.mjs), and a line saying so. */
+async function writeRunFiles(page, dir, result) {
   try {
-    for (const f of result.files) {
-      const target = join(dir, f.path);
-      mkdirSync(dirname(target), { recursive: true });
-      writeFileSync(target, Buffer.from(f.base64, 'base64'));
-    }
+    await writeExportedFiles(page, dir, result.files);
   } catch (e) {
     throw new RunnerError(`writing the run's files into ${dir}: ${firstLine(e)}`);
   }
@@ -257,13 +251,13 @@ function writeRunFiles(dir, result) {
  * output_dir/sweep_summary.csv ranking them. A run that fails stops the sweep: the runs before it
  * keep their folders.
  */
-async function runSweep(sweep, train, outputDir) {
+async function runSweep(sweep, train, outputDir, page) {
   const done = [];
   for (const [i, run] of sweep.runs.entries()) {
     console.log(`sweep run ${i + 1} of ${sweep.runs.length}: ${run.name}`);
     const result = await train(run.yaml, undefined);
     if (!result.ok) throw result.userError ? new InputError(`${run.name}: ${result.message}`) : new RunnerError(`training ${run.name}: ${result.message}`);
-    writeRunFiles(join(outputDir, run.name), result);
+    await writeRunFiles(page, join(outputDir, run.name), result);
     done.push({ run, files: result.files });
   }
   const { csv, best } = await sweepSummary(sweep.keys, done);

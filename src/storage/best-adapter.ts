@@ -1,6 +1,7 @@
 import { UserError } from '../core/errors';
 import type { LoraLabDb } from './db';
 import { isQuotaError } from './quota';
+import { artifactBytes } from './runs';
 
 /**
  * The adapter of a run's best evaluation, kept in IndexedDB while the run trains (see worker/best-adapter.ts).
@@ -64,7 +65,7 @@ export async function readKeptAdapter(db: LoraLabDb, runId: string, step: number
   const prefix = folderOf(step);
   const found = (await db.getAll('artifacts', ofRun(runId))).filter((a) => a.path.startsWith(prefix));
   if (found.length === 0) return null;
-  return Object.fromEntries(found.map((a) => [a.path.slice(prefix.length), new Uint8Array(a.bytes)]));
+  return Object.fromEntries(await Promise.all(found.map(async (a) => [a.path.slice(prefix.length), await artifactBytes(a)] as const)));
 }
 
 /** The steps of the adapters kept for the run, ascending. */

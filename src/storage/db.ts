@@ -130,7 +130,11 @@ export interface LogChunk {
 export interface RunArtifact {
   readonly runId: string;
   readonly path: string;
-  readonly bytes: ArrayBuffer;
+  /**
+   * Small files as their bytes; the merged model's files as a Blob built from slices (runs.ts, putArtifact), which
+   * the browser keeps on disk, so a 2 GB shard is never one buffer in memory. Read with artifactBytes/artifactSize.
+   */
+  readonly bytes: ArrayBuffer | Blob;
 }
 
 export interface LoraLabSchema extends DBSchema {

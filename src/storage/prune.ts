@@ -2,6 +2,7 @@ import { UserError } from '../core/errors';
 import { deleteRecord, DATASET_RECORDS, RUN_RECORDS, slicesOf } from './chunked-records';
 import type { LoraLabDb, RunStatus, StoredRun } from './db';
 import { lockName, type Locks } from './locks';
+import { artifactSize } from './runs';
 import { CHECKPOINT_FILE_PREFIX, usesDataset } from './usage';
 
 /**
@@ -28,7 +29,7 @@ export async function deleteRunCheckpoints(db: LoraLabDb, runId: string, locks: 
     let cursor = await tx.objectStore('artifacts').openCursor(slicesOf(runId));
     while (cursor) {
       if (cursor.value.path.startsWith(CHECKPOINT_FILE_PREFIX)) {
-        freed += cursor.value.bytes.byteLength;
+        freed += artifactSize(cursor.value);
         await cursor.delete();
       }
       cursor = await cursor.continue();

@@ -119,11 +119,45 @@ export async function readLog(db: LoraLabDb, runId: string): Promise<Uint8Array>
   return joinSlices(await db.getAll('logs', ofRun(runId)));
 }
 
-export async function putArtifact(db: LoraLabDb, runId: string, path: string, bytes: Uint8Array | string): Promise<void> {
-  const data = typeof bytes === 'string' ? new TextEncoder().encode(bytes) : bytes.slice();
-  await storing(`file ${path}`, async () => void (await db.put('artifacts', { runId, path, bytes: data.buffer })));
+/**
+ * Stores one file of the run's output under `path`, replacing any file there. A Blob is stored as it is: the
+ * browser writes it to disk without reading it into the page, which is how a file too big to hold twice in memory
+ * (a merged model's shard, see BlobFileWriter) is kept. Text and bytes are copied into a buffer of their own.
+ */
+export async function putArtifact(db: LoraLabDb, runId: string, path: string, bytes: Uint8Array | string | Blob): Promise<void> {
+  const data = bytes instanceof Blob ? bytes : (typeof bytes === 'string' ? new TextEncoder().encode(bytes) : bytes.slice()).buffer;
+  await storing(`file ${path}`, async () => void (await db.put('artifacts', { runId, path, bytes: data })));
+}
+
+/**
+ * One file written in slices and stored as a Blob made of them when it closes: each slice goes into a Blob of its
+ * own as it arrives (the browser's blob store holds it, paging big ones to disk; the page keeps a handle), and
+ * the file is a Blob of those parts, which joins them without copying. So no buffer larger than one slice is
+ * ever in memory, however large the file.
+ */
+export class BlobFileWriter {
+  private readonly parts: Blob[] = [];
+
+  write(slice: Uint8Array): void {
+    this.parts.push(new Blob([slice as Uint8Array<ArrayBuffer>]));
+  }
+
+  /** The file so far, as one Blob. */
+  blob(): Blob {
+    return new Blob(this.parts);
+  }
 }
 
 export function readArtifacts(db: LoraLabDb, runId: string): Promise<RunArtifact[]> {
   return db.getAll('artifacts', ofRun(runId));
+}
+
+/** A stored file's size in bytes, whether kept as bytes or as a Blob. */
+export function artifactSize(artifact: RunArtifact): number {
+  return artifact.bytes instanceof Blob ? artifact.bytes.size : artifact.bytes.byteLength;
+}
+
+/** A stored file's bytes, whole: for the small files read as one (adapter, config, summary), not for merged shards. */
+export async function artifactBytes(artifact: RunArtifact): Promise<Uint8Array> {
+  return new Uint8Array(artifact.bytes instanceof Blob ? await artifact.bytes.arrayBuffer() : artifact.bytes);
 }

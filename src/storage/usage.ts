@@ -2,6 +2,7 @@ import type { LoraLabDb, RunStatus, StoredModel, StoredRun } from './db';
 import type { StoredAdapter } from './adapters';
 import type { StoredDataset } from './datasets';
 import { slicesOf } from './chunked-records';
+import { artifactSize } from './runs';
 
 /**
  * What each stored thing uses, in bytes, for the Storage panel: read from the records' own sizes where they keep
@@ -90,8 +91,8 @@ async function runUsage(db: LoraLabDb, run: StoredRun): Promise<RunUsage> {
   let checkpointBytes = checkpoints.reduce((n, c) => n + c.byteLength, 0);
   let keptBytes = 0;
   for (const a of await db.getAll('artifacts', range)) {
-    if (a.path.startsWith(CHECKPOINT_FILE_PREFIX)) checkpointBytes += a.bytes.byteLength;
-    else keptBytes += a.bytes.byteLength;
+    if (a.path.startsWith(CHECKPOINT_FILE_PREFIX)) checkpointBytes += artifactSize(a);
+    else keptBytes += artifactSize(a);
   }
   for (const chunk of await db.getAll('logs', range)) keptBytes += chunk.bytes.byteLength;
   for (const row of await db.getAll('metrics', range)) keptBytes += utf8Bytes(JSON.stringify(row));

@@ -17,7 +17,7 @@ import { evaluateStoredAdapter, importAdapterFiles } from './stored-adapters';
 import { asTheOneTrainer } from './one-trainer';
 import type { ErrorDetail, Request, RequestName, Requests, Response, RunControl, ToWorker } from './protocol';
 import { resumeRequestOf } from './resume';
-import { exportRunFiles } from './run-files';
+import { runOutputFiles } from './run-files';
 import { trainLora, type RunContext } from './training-run';
 import { mergeFinishedRun } from './merged-export';
 import { adaptedLogits, compareSideBySide } from './playground';
@@ -123,7 +123,7 @@ const handlers: { [K in RequestName]: Handler<K> } = {
   },
 
   async exportRun({ runId }) {
-    return { files: await exportRunFiles(await openDatabase(), runId) };
+    return { files: await runOutputFiles(await openDatabase(), runId) };
   },
 
   async mergeRun({ runId }, ctx) {

@@ -8,33 +8,27 @@ import { bytesSource } from '../core/safetensors';
 import type { LoraLabDb, StoredModel } from '../storage/db';
 import { mergeIntoStoredModel } from '../storage/merge-stored-model';
 import { getModel } from '../storage/models';
-import { getRun, putArtifact } from '../storage/runs';
+import { artifactBytes, BlobFileWriter, getRun, putArtifact } from '../storage/runs';
 import type { Progress } from './protocol';
 
 /** The folder of a run's output that holds the merged model. */
 export const MERGED_DIR = 'merged';
 
 /**
- * A FolderSink into a run's artifacts under merged/. An artifact is one record, so each file is gathered
- * from its slices and stored when it closes: memory holds at most one output file (one shard, ≤ 2 GB) and one
- * tensor, never the whole model twice.
+ * A FolderSink into a run's artifacts under merged/. Each file is one artifact record, stored as a Blob made of
+ * the slices the merge writes (BlobFileWriter) when the file closes: no buffer larger than a slice is held for it,
+ * so memory holds one tensor and one slice however large the shard, and the record is put in one go, never half.
  */
-function artifactSink(db: LoraLabDb, runId: string): FolderSink {
+export function mergedArtifactSink(db: LoraLabDb, runId: string): FolderSink {
   return {
     async open(path) {
-      const parts: Uint8Array[] = [];
+      const file = new BlobFileWriter();
       return {
         async write(bytes) {
-          parts.push(bytes);
+          file.write(bytes);
         },
         async close() {
-          const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-          let at = 0;
-          for (const p of parts.splice(0)) {
-            out.set(p, at);
-            at += p.length;
-          }
-          await putArtifact(db, runId, `${MERGED_DIR}/${path}`, out);
+          await putArtifact(db, runId, `${MERGED_DIR}/${path}`, file.blob());
         },
       };
     },
@@ -60,7 +54,7 @@ export async function writeMergedArtifacts(
 ): Promise<MergedModelPlan> {
   await removeMergedArtifacts(db, runId);
   try {
-    return await mergeIntoStoredModel(db, stored, deltas, artifactSink(db, runId), {
+    return await mergeIntoStoredModel(db, stored, deltas, mergedArtifactSink(db, runId), {
       signal,
       onProgress: (done, total) => progress?.({ phase: 'Merging the adapter into the model', done, total, unit: 'bytes' }),
     });
@@ -83,8 +77,10 @@ export async function writeMergedFromAdapterFiles(
 ): Promise<MergedModelPlan> {
   const config = files[PEFT_CONFIG_FILE];
   const weights = files[PEFT_WEIGHTS_FILE];
-  if (typeof config !== 'string' || !(weights instanceof Uint8Array)) throw new Error('writeMergedFromAdapterFiles: the run output has no adapter files');
-  const deltas = await peftDeltas(parseModelConfigText(stored.files.config), config, bytesSource(PEFT_WEIGHTS_FILE, weights));
+  // The best adapter kept during an evaluated run comes back from storage as bytes, config included.
+  if (config === undefined || !(weights instanceof Uint8Array)) throw new Error('writeMergedFromAdapterFiles: the run output has no adapter files');
+  const configText = typeof config === 'string' ? config : new TextDecoder().decode(config);
+  const deltas = await peftDeltas(parseModelConfigText(stored.files.config), configText, bytesSource(PEFT_WEIGHTS_FILE, weights));
   return writeMergedArtifacts(db, runId, stored, deltas, progress);
 }
 
@@ -100,8 +96,8 @@ export async function mergeFinishedRun(db: LoraLabDb, runId: string, progress?: 
   }
   const deltas = await peftDeltas(
     parseModelConfigText(stored.files.config),
-    new TextDecoder().decode(config.bytes),
-    bytesSource(PEFT_WEIGHTS_FILE, new Uint8Array(weights.bytes)),
+    new TextDecoder().decode(await artifactBytes(config)),
+    bytesSource(PEFT_WEIGHTS_FILE, await artifactBytes(weights)),
   );
   const plan = await writeMergedArtifacts(db, runId, stored, deltas, progress, signal);
   return { files: mergedFileNames(plan, stored) };

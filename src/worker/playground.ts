@@ -6,7 +6,7 @@ import { generateScored, type ScoredToken } from '../core/models/generate';
 import type { CausalLM } from '../core/models/model';
 import { bytesSource } from '../core/safetensors';
 import type { LoraLabDb, StoredModel } from '../storage/db';
-import { getRun } from '../storage/runs';
+import { artifactBytes, getRun } from '../storage/runs';
 import type { RunnableModel } from '../storage/model-weights';
 import { loadStoredAdapter } from './stored-adapters';
 
@@ -48,7 +48,7 @@ export async function loadPlaygroundAdapter(db: LoraLabDb, stored: StoredModel, 
   if (run.modelId !== stored.id) throw new UserError(`run ${run.name}`, `trained an adapter for ${run.modelName}, not for ${stored.name}.`, `Pick ${run.modelName} to try this run.`);
   const [config, weights] = await Promise.all([db.get('artifacts', [run.id, PEFT_CONFIG_FILE]), db.get('artifacts', [run.id, PEFT_WEIGHTS_FILE])]);
   if (!config || !weights) throw new UserError(`run ${run.name}`, 'has no finished adapter yet.', 'Try a run that completed or was stopped.');
-  return importPeftAdapter(model, new TextDecoder().decode(config.bytes), bytesSource(PEFT_WEIGHTS_FILE, new Uint8Array(weights.bytes)));
+  return importPeftAdapter(model, new TextDecoder().decode(await artifactBytes(config)), bytesSource(PEFT_WEIGHTS_FILE, await artifactBytes(weights)));
 }
 
 /**

@@ -1,4 +1,5 @@
 import type { Finding } from '../core/diagnose';
+import type { OutputFile } from '../core/export/run-bundle';
 import type { StoredDataset } from '../storage/datasets';
 import type { DatasetPreview, DatasetRef, EstimateRequest, EstimateResult } from './datasets';
 import type { AdapterInfo } from '../storage/adapters';
@@ -103,7 +104,8 @@ export interface Requests {
    */
   resumeRun: { payload: { runId: string; modelId: string }; result: TrainResult };
   /** Every file of a run's output folder (adapter, logs, config.yaml, metrics.csv, diagnosis.json). */
-  exportRun: { payload: { runId: string }; result: { files: ExportedFile[] } };
+  /** The run's output folder; a merged model's files come as Blobs kept on disk, to be read in slices (OutputFile). */
+  exportRun: { payload: { runId: string }; result: { files: OutputFile[] } };
   /** The "Merge into a model" button: writes merged/ (the base model with the run's adapter folded in) into the run's output; result: its paths. */
   mergeRun: { payload: { runId: string }; result: { files: string[] } };
   /** The playground's side by side: one prompt through the base model and base + adapter (scaled), same seed and sampling. */

@@ -4,7 +4,7 @@ import { loadTokenizer, type TextTokenizer } from '../core/data/tokenizer';
 import { UserError } from '../core/errors';
 import { llamaFactoryData, llamaFactoryFiles, type HandoffDataset } from '../core/export/llamafactory';
 import type { DataFileSummary, RunDataSummary } from '../core/export/model-card';
-import { runBundleFiles, type BundleFile } from '../core/export/run-bundle';
+import { runBundleFiles, type BundleFile, type OutputFile } from '../core/export/run-bundle';
 import { blobSource, type ByteSource } from '../core/safetensors/source';
 import type { LoraLabDb, StoredDataRef, StoredModel, StoredRun } from '../storage/db';
 import { isKeptAdapterPath } from '../storage/best-adapter';
@@ -16,13 +16,16 @@ import type { ExportedFile } from './protocol';
 /**
  * Every file of a run's output folder, as the headless runner writes it into output_dir and the UI zips it: the
  * stored artifacts and log, and what core/export/run-bundle.ts makes from the stored run (metrics.csv, README.md,
- * the loss plot, llamafactory/).
+ * the loss plot, llamafactory/). Files stored as Blobs (a merged model's, see runs.ts putArtifact) stay Blobs,
+ * on disk: the zip and the headless runner read them a slice at a time, so a shard is never one buffer.
  */
-export async function exportRunFiles(db: LoraLabDb, runId: string): Promise<ExportedFile[]> {
+export async function runOutputFiles(db: LoraLabDb, runId: string): Promise<OutputFile[]> {
   const run = await getRun(db, runId);
   if (!run) throw new UserError('run', 'is not stored any more.');
   // Adapters kept during the run for best-eval selection are not part of the output (best-adapter.ts).
-  const artifacts: BundleFile[] = (await readArtifacts(db, runId)).filter((a) => !isKeptAdapterPath(a.path)).map((a) => ({ path: a.path, bytes: new Uint8Array(a.bytes) }));
+  const artifacts: OutputFile[] = (await readArtifacts(db, runId))
+    .filter((a) => !isKeptAdapterPath(a.path))
+    .map((a) => ({ path: a.path, bytes: a.bytes instanceof Blob ? a.bytes : new Uint8Array(a.bytes) }));
   const metrics = await readMetrics(db, runId);
   const log = run.logFile ? { path: `logs/${run.logFile}`, bytes: await readLog(db, runId) } : null;
   const stored = await getModel(db, run.modelId);
@@ -42,6 +45,15 @@ export async function exportRunFiles(db: LoraLabDb, runId: string): Promise<Expo
     log,
     llamaFactory: await llamaFactoryFolder(db, run, stored, targets),
   });
+}
+
+/**
+ * runOutputFiles with every file read into memory: for callers that want the bytes of a run small enough to hold
+ * (Node tests, and tools comparing outputs). The app's zip and the headless runner use runOutputFiles.
+ */
+export async function exportRunFiles(db: LoraLabDb, runId: string): Promise<ExportedFile[]> {
+  const files = await runOutputFiles(db, runId);
+  return Promise.all(files.map(async (f) => ({ path: f.path, bytes: f.bytes instanceof Blob ? new Uint8Array(await f.bytes.arrayBuffer()) : f.bytes })));
 }
 
 /** What a run trained on, as the model card says it: kept by the run, or, for older runs, the stored dataset's. */

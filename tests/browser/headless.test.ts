@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { expect, test } from 'vitest';
 import { readEventFile, scalarSeries } from '../../src/core/logging';
-import { bytesSource, readHeader } from '../../src/core/safetensors';
+import { bytesSource, readHeader, readTensorBytes } from '../../src/core/safetensors';
 import { MODELS_DIR } from './support/fixtures';
 import { runHeadless } from './support/headless';
 
@@ -23,7 +23,7 @@ test('npm run headless -- train --config RUN.yaml writes the run folder into out
   writeFileSync(
     join(dir, 'run.yaml'),
     ['base_model: ./model', 'train_data: ./data/train.txt', 'val_data: ./data/val.txt', 'output_dir: ./output/lr_1e-2', 'lora_rank: 4',
-      'lora_alpha: 8', 'learning_rate: 1e-2', 'lr_scheduler: constant', 'max_steps: 6', 'batch_size: 2', 'seq_len: 32', 'log_steps: 2', 'eval_steps: 6', 'backend: wasm'].join('\n'),
+      'lora_alpha: 8', 'learning_rate: 1e-2', 'lr_scheduler: constant', 'max_steps: 6', 'batch_size: 2', 'seq_len: 32', 'log_steps: 2', 'eval_steps: 6', 'backend: wasm', 'export_merged: true'].join('\n'),
   );
   const result = headless(join(dir, 'run.yaml'), 'own');
   expect(result.stderr).toBe('');
@@ -35,6 +35,17 @@ test('npm run headless -- train --config RUN.yaml writes the run folder into out
   for (const f of ['adapter_model.safetensors', 'adapter_config.json', 'config.yaml', 'metrics.csv', 'diagnosis.json', 'run_summary.json']) expect(existsSync(join(out, f)), f).toBe(true);
   // The run bundle's made files too: the model card and its plot, and the LLaMA-Factory hand-off with both data files.
   for (const f of ['README.md', 'loss_curves.png', 'llamafactory/train.yaml', 'llamafactory/dataset_info.json', 'llamafactory/train.jsonl', 'llamafactory/val.jsonl']) expect(existsSync(join(out, f)), f).toBe(true);
+  // export_merged: merged/ comes out of the page as a Blob copied a slice at a time (headless-export.mjs): the base's
+  // tensors under their own names, dtypes and shapes, the ones the adapter does not touch byte for byte.
+  const mergedFile = bytesSource('merged', new Uint8Array(readFileSync(join(out, 'merged', 'model.safetensors'))));
+  const baseFile = bytesSource('base', new Uint8Array(readFileSync(join(MODELS_DIR, 'tiny-gpt2', 'model.safetensors'))));
+  const [mergedHeader, baseHeader] = [await readHeader(mergedFile), await readHeader(baseFile)];
+  expect(mergedHeader.tensors.map((t) => [t.name, t.dtype, t.shape])).toEqual(baseHeader.tensors.map((t) => [t.name, t.dtype, t.shape]));
+  for (const t of mergedHeader.tensors) {
+    const same = Buffer.from(await readTensorBytes(mergedFile, t)).equals(Buffer.from(await readTensorBytes(baseFile, baseHeader.tensors.find((b) => b.name === t.name)!)));
+    expect(same, t.name).toBe(!/attn\.c_attn\.weight$/.test(t.name));
+  }
+  for (const f of ['config.json', 'tokenizer.json']) expect(readFileSync(join(out, 'merged', f)).equals(readFileSync(join(MODELS_DIR, 'tiny-gpt2', f))), f).toBe(true);
   const header = await readHeader(bytesSource('adapter_model.safetensors', new Uint8Array(readFileSync(join(out, 'adapter_model.safetensors')))));
   expect(header.tensors.map((t) => t.name)).toContain('base_model.model.transformer.h.0.attn.c_attn.lora_A.weight');
   expect(JSON.parse(readFileSync(join(out, 'adapter_config.json'), 'utf8'))).toMatchObject({ r: 4, lora_alpha: 8, fan_in_fan_out: true, target_modules: ['c_attn'] });

@@ -2,7 +2,7 @@ import type { Page } from 'playwright-core';
 import { afterAll, beforeAll, expect, test } from 'vitest';
 import { readEventFile, scalarSeries } from '../../src/core/logging';
 import { applyRestarts, isSessionStart } from '../../src/core/logging/session-log';
-import type { ExportedFile, RunEvent } from '../../src/worker/protocol';
+import type { RunEvent } from '../../src/worker/protocol';
 import type { BrowserSession } from './harness';
 import { importFixtureModel, openApp, startedApp, trainInPage } from './support/train';
 
@@ -43,7 +43,8 @@ async function storedRuns(page: Page): Promise<{ id: string; status: string; int
 async function exported(page: Page, runId: string): Promise<Map<string, Uint8Array>> {
   const files = await page.evaluate(async (id) => {
     const { files } = await window.loraLab!.call('exportRun', { runId: id });
-    return files.map((f: ExportedFile) => ({ path: f.path, bytes: Array.from(f.bytes) }));
+    // A merged model's files come as Blobs (OutputFile): read whole here, the test files are small.
+    return Promise.all(files.map(async (f) => ({ path: f.path, bytes: Array.from(f.bytes instanceof Blob ? new Uint8Array(await f.bytes.arrayBuffer()) : f.bytes) })));
   }, runId);
   return new Map(files.map((f) => [f.path, Uint8Array.from(f.bytes)]));
 }

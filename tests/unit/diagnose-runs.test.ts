@@ -7,7 +7,7 @@ import { setWasmPaths } from '@tensorflow/tfjs-backend-wasm';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { diagnose, type Finding } from '../../src/core/diagnose';
 import type { LoraLabDb, StoredRun } from '../../src/storage/db';
-import { getRun, readArtifacts, readMetrics } from '../../src/storage/runs';
+import { artifactBytes, getRun, readArtifacts, readMetrics } from '../../src/storage/runs';
 import type { RunEvent } from '../../src/worker/protocol';
 import { diagnosisHistoryOf } from '../../src/worker/resume';
 import { runContext, trainPinned } from './support/run-context';
@@ -122,7 +122,7 @@ describe.each(MODELS)('the diagnosis of real runs of $name', (model) => {
     expect(new Set(reportedSteps)).toEqual(new Set([f!.step]));
     expect(r.reported.at(-1)).toEqual(r.run.findings);
     const file = (await readArtifacts(r.db, r.run.id)).find((a) => a.path === 'diagnosis.json')!;
-    expect((JSON.parse(new TextDecoder().decode(file.bytes)) as Finding[]).map((x) => x.code)).toEqual(['lr_too_high']);
+    expect((JSON.parse(new TextDecoder().decode(await artifactBytes(file))) as Finding[]).map((x) => x.code)).toEqual(['lr_too_high']);
 
     // A resumed run rebuilds the same history from the stored per-step rows: every step, the eval at step 0 too.
     const history = diagnosisHistoryOf(await readMetrics(r.db, r.run.id), 60);

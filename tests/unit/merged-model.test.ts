@@ -2,14 +2,15 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import * as tf from '@tensorflow/tfjs';
-import { beforeAll, describe, expect, it } from 'vitest';
+import { unzipSync } from 'fflate';
+import { beforeAll, describe, expect, it, vi } from 'vitest';
 import { importPeftAdapter } from '../../src/core/export/peft';
 import { planMergedModel, type FolderSink } from '../../src/core/export/merged-model';
 import { loraDeltasOf, type LoraDeltas } from '../../src/core/lora/merge';
 import { bytesSource, readHeader, readTensorBytes as readFileTensor, toFloat32, writeSafetensors, type Dtype } from '../../src/core/safetensors/index';
 import { bf16Bits, f16Bits, fromFloat32 } from '../../src/core/safetensors/encode';
 import { FLOAT32_PLACEMENT } from '../../src/core/weights/hold';
-import type { LoraLabDb, StoredModel, StoredRun } from '../../src/storage/db';
+import type { LoraLabDb, RunArtifact, StoredModel, StoredRun } from '../../src/storage/db';
 import { importModel } from '../../src/storage/import-model';
 import { localLocks } from '../../src/storage/locks';
 import { mergeIntoStoredModel, storedBaseTensors } from '../../src/storage/merge-stored-model';
@@ -18,8 +19,12 @@ import { getModel } from '../../src/storage/models';
 import { writeMergedModel } from '../../src/core/export/merged-model';
 import { trainPinned } from './support/run-context';
 import { freshDbWithModelFolder } from './support/stored-model';
-import { putArtifact, putRun, readArtifacts } from '../../src/storage/runs';
-import { mergeFinishedRun } from '../../src/worker/merged-export';
+import { artifactBytes, putArtifact, putRun, readArtifacts } from '../../src/storage/runs';
+import { zipRunBundle } from '../../src/core/export/run-bundle';
+import { mergedArtifactSink, mergeFinishedRun } from '../../src/worker/merged-export';
+import { peftDeltas } from '../../src/core/export/peft-deltas';
+import { parseModelConfigText } from '../../src/core/models/config';
+import { runOutputFiles } from '../../src/worker/run-files';
 
 const FIXTURES = fileURLToPath(new URL('../../../shared/fixtures/models/', import.meta.url));
 type Arch = 'tiny-gpt2' | 'tiny-llama';
@@ -289,6 +294,78 @@ describe('merged model folder', () => {
     expect([...sink.files.keys()].sort()).toEqual(['config.json', 'model.safetensors']);
   });
 
+  it('stores merged/ without ever holding a shard whole: nothing larger than a slice reaches storage, and the shard reads back byte-identical', async () => {
+    const { db, stored, deltas, sink: reference } = await mergedFixture('tiny-llama', 'tiny-llama');
+    const sliceBytes = 4096;
+    const runId = 'run-sliced';
+    // Every buffer the sink and the storage are handed for the shard: each slice written, each part a Blob is built
+    // from (a buffer; a Blob part is a handle, joined without copying), and each value put into IndexedDB. (The text
+    // files, config.json and the tokenizer's, are written in one piece: they are strings the model record holds.)
+    let largestWrite = 0;
+    let largestBlobPart = 0;
+    let largestStored = 0;
+    let inShard = false;
+    const blobFiles: string[] = [];
+    const bufferSize = (x: unknown): number => (x instanceof ArrayBuffer ? x.byteLength : ArrayBuffer.isView(x) ? x.byteLength : 0);
+    const NativeBlob = Blob;
+    vi.stubGlobal(
+      'Blob',
+      class MeasuredBlob extends NativeBlob {
+        constructor(parts?: BlobPart[], options?: BlobPropertyBag) {
+          if (inShard) for (const part of parts ?? []) largestBlobPart = Math.max(largestBlobPart, bufferSize(part));
+          super(parts, options);
+        }
+      },
+    );
+    const measuredDb = new Proxy(db, {
+      get(target, key) {
+        if (key !== 'put') return Reflect.get(target, key, target) as unknown;
+        return async (store: 'artifacts', value: RunArtifact) => {
+          largestStored = Math.max(largestStored, bufferSize(value.bytes));
+          if (value.bytes instanceof NativeBlob) blobFiles.push(value.path);
+          return target.put(store, value);
+        };
+      },
+    });
+    const artifacts = mergedArtifactSink(measuredDb, runId);
+    const measured: FolderSink = {
+      async open(path) {
+        const file = await artifacts.open(path);
+        inShard = path.endsWith('.safetensors');
+        return {
+          write: async (b) => ((largestWrite = inShard ? Math.max(largestWrite, b.length) : largestWrite), file.write(b)),
+          close: () => file.close(),
+        };
+      },
+    };
+    try {
+      await mergeIntoStoredModel(db, stored, deltas, measured, { sliceBytes });
+    } finally {
+      vi.unstubAllGlobals();
+    }
+    const shard = reference.files.get('model.safetensors')!;
+    console.info(`merged shard of ${shard.length} bytes stored from slices of ${sliceBytes}: largest write ${largestWrite}, largest Blob part ${largestBlobPart}, largest buffer put ${largestStored}`);
+    expect(shard.length).toBeGreaterThan(50 * sliceBytes); // so "at most a slice" is a real bound
+    expect(largestWrite).toBe(sliceBytes);
+    expect(largestBlobPart).toBeLessThanOrEqual(sliceBytes);
+    expect(largestStored).toBe(0); // every merged/ file went in as a Blob, none as a buffer
+    expect(blobFiles.sort()).toEqual([...reference.files.keys()].map((f) => `merged/${f}`).sort());
+
+    // Read back: each file equals what the in-memory sink got, the shard read a slice at a time as the zip reads it.
+    const storedFiles = (await readArtifacts(db, runId)).filter((a) => a.path.startsWith('merged/'));
+    expect(storedFiles.map((a) => a.path).sort()).toEqual(blobFiles);
+    for (const a of storedFiles) {
+      const want = reference.files.get(a.path.slice('merged/'.length))!;
+      expect(a.bytes).toBeInstanceOf(Blob);
+      const blob = a.bytes as Blob;
+      expect(blob.size, a.path).toBe(want.length);
+      for (let at = 0; at < blob.size; at += 100_000) {
+        const got = new Uint8Array(await blob.slice(at, at + 100_000).arrayBuffer());
+        expect(Buffer.from(got).equals(Buffer.from(want.subarray(at, at + 100_000))), `${a.path} at ${at}`).toBe(true);
+      }
+    }
+  });
+
   it('refuses an adapter for another model before writing anything', async () => {
     const { db, stored, deltas } = await mergedFixture('tiny-llama', 'tiny-llama');
     const sink = memorySink();
@@ -311,7 +388,8 @@ describe('merged model folder', () => {
     const { files } = await mergeFinishedRun(db, run.id, (p) => phases.push(p.phase));
     expect(files.sort()).toEqual(['merged/config.json', 'merged/generation_config.json', 'merged/model.safetensors', 'merged/tokenizer.json', 'merged/tokenizer_config.json']);
     expect(phases.length).toBeGreaterThan(0);
-    const stored = new Map((await readArtifacts(db, run.id)).filter((a) => a.path.startsWith('merged/')).map((a) => [a.path.slice('merged/'.length), new Uint8Array(a.bytes)]));
+    const mergedArtifacts = (await readArtifacts(db, run.id)).filter((a) => a.path.startsWith('merged/'));
+    const stored = new Map(await Promise.all(mergedArtifacts.map(async (a) => [a.path.slice('merged/'.length), await artifactBytes(a)] as const)));
     expect([...stored.keys()].map((k) => `merged/${k}`).sort()).toEqual(files);
     const expected = expectedOf(`${arch}.expected.json`);
     const err = maxAbsDiff(await logitsOf(db, await importFolder(db, stored, `${arch}-merged`), expected.tokens), expected.logits_with_adapter);
@@ -322,7 +400,7 @@ describe('merged model folder', () => {
     const { db, modelId } = await freshDbWithModelFolder(join(FIXTURES, 'tiny-gpt2'), 'tiny-gpt2');
     const config = ['base_model: tiny-gpt2', 'train_data: train.txt', 'output_dir: ./out/merged', 'lora_rank: 2', 'target_modules: [c_attn, c_proj]', 'max_steps: 2', 'batch_size: 2', 'seq_len: 16', 'learning_rate: 0.01', 'log_steps: 1', 'seed: 3', 'export_merged: true'].join('\n');
     const { runId } = await trainPinned(db, { modelId, configYaml: config, trainData: new File(['zebra quilt jinx! '.repeat(40)], 'train.txt'), valData: null });
-    const artifacts = new Map((await readArtifacts(db, runId)).map((a) => [a.path, new Uint8Array(a.bytes)]));
+    const artifacts = new Map(await Promise.all((await readArtifacts(db, runId)).map(async (a) => [a.path, await artifactBytes(a)] as const)));
     const merged = new Map([...artifacts].filter(([p]) => p.startsWith('merged/')).map(([p, b]) => [p.slice('merged/'.length), b]));
     expect([...merged.keys()].sort()).toEqual(['config.json', 'generation_config.json', 'model.safetensors', 'tokenizer.json', 'tokenizer_config.json']);
 
@@ -341,6 +419,36 @@ describe('merged model folder', () => {
     adapter.dispose();
     model.dispose();
     expect(maxAbsDiff(await logitsOf(db, await importFolder(db, merged, 'run-merged'), tokens), want)).toBeLessThan(1e-4);
+
+    // The run's output as the app zips it: merged/ comes as Blobs (read a slice at a time), and the zip holds
+    // the same bytes as were stored.
+    const output = await runOutputFiles(db, runId);
+    const mergedOut = output.filter((f) => f.path.startsWith('merged/'));
+    expect(mergedOut.map((f) => f.path).sort()).toEqual([...merged.keys()].map((k) => `merged/${k}`).sort());
+    for (const f of mergedOut) expect(f.bytes).toBeInstanceOf(Blob);
+    const parts: Uint8Array[] = [];
+    await zipRunBundle(output, 'run', (chunk) => parts.push(chunk));
+    const zip = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+    parts.reduce((at, p) => (zip.set(p, at), at + p.length), 0);
+    const opened = unzipSync(zip);
+    for (const [name, bytes] of merged) expect(Buffer.from(opened[`run/merged/${name}`]!).equals(Buffer.from(bytes)), name).toBe(true);
+    expect(Buffer.from(opened['run/adapter_model.safetensors']!).equals(Buffer.from(artifacts.get('adapter_model.safetensors')!))).toBe(true);
+  });
+
+  it('export_merged on an evaluated run merges the adapter its output holds (the best one, read back from storage)', async () => {
+    const { db, modelId } = await freshDbWithModelFolder(join(FIXTURES, 'tiny-gpt2'), 'tiny-gpt2');
+    const config = ['base_model: tiny-gpt2', 'train_data: train.txt', 'val_data: val.txt', 'output_dir: ./out/merged-eval', 'lora_rank: 2', 'target_modules: [c_attn]', 'max_steps: 4', 'eval_steps: 2', 'batch_size: 2', 'seq_len: 16', 'learning_rate: 0.01', 'log_steps: 1', 'seed: 3', 'export_merged: true'].join('\n');
+    const text = 'zebra quilt jinx! '.repeat(40);
+    const { runId } = await trainPinned(db, { modelId, configYaml: config, trainData: new File([text], 'train.txt'), valData: new File([text.slice(0, 200)], 'val.txt') });
+    const artifacts = new Map(await Promise.all((await readArtifacts(db, runId)).map(async (a) => [a.path, await artifactBytes(a)] as const)));
+    const merged = new Map([...artifacts].filter(([p]) => p.startsWith('merged/')).map(([p, b]) => [p.slice('merged/'.length), b]));
+    expect([...merged.keys()].sort()).toEqual(['config.json', 'generation_config.json', 'model.safetensors', 'tokenizer.json', 'tokenizer_config.json']);
+    // The merged weights are the top-level adapter (the run's output) folded in: c_attn moved by exactly its ΔW.
+    const stored = (await getModel(db, modelId))!;
+    const deltas = await peftDeltas(parseModelConfigText(stored.files.config), new TextDecoder().decode(artifacts.get('adapter_config.json')!), bytesSource('adapter_model.safetensors', artifacts.get('adapter_model.safetensors')!));
+    const reference = memorySink();
+    await mergeIntoStoredModel(db, stored, deltas, reference);
+    expect(Buffer.from(merged.get('model.safetensors')!).equals(Buffer.from(reference.files.get('model.safetensors')!))).toBe(true);
   });
 
   it('keeps the checkpoint\'s own names: a GPT2Model save (no transformer. prefix) is written back without it', async () => {

@@ -4,7 +4,7 @@ import * as tf from '@tensorflow/tfjs';
 import { afterEach, beforeAll, beforeEach, describe, expect, it, vi } from 'vitest';
 import { latestCheckpoint, listCheckpoints } from '../../src/storage/checkpoints';
 import type { LoraLabDb, MetricRow } from '../../src/storage/db';
-import { getRun, readArtifacts, readLog, readMetrics } from '../../src/storage/runs';
+import { artifactBytes, getRun, readArtifacts, readLog, readMetrics } from '../../src/storage/runs';
 import type { RunControl, RunEvent } from '../../src/worker/protocol';
 import { pauseOnFullStorage } from '../../src/worker/storage-full';
 import type { trainLora } from '../../src/worker/training-run';
@@ -104,7 +104,7 @@ async function uninterrupted() {
     losses: lossesOf(run.events),
     rows: trainRows(rows),
     rowCount: rows.length,
-    artifacts: new Map(artifacts.map((a) => [a.path, new Uint8Array(a.bytes)])),
+    artifacts: new Map(await Promise.all(artifacts.map(async (a) => [a.path, await artifactBytes(a)] as const))),
     checkpointSteps: checkpoints.map((c) => c.step),
     latest: (await latestCheckpoint(db, result.runId))!.checkpoint,
     logBytes: (await readLog(db, result.runId)).byteLength,
@@ -169,7 +169,7 @@ describe('a full disk during a run', () => {
     const artifacts = await readArtifacts(db, runId);
     expect(artifacts.map((a) => a.path).sort()).toEqual([...reference.artifacts.keys()].sort());
     for (const a of artifacts) {
-      if (a.path.endsWith('.safetensors')) expect(new Uint8Array(a.bytes), a.path).toEqual(reference.artifacts.get(a.path));
+      if (a.path.endsWith('.safetensors')) expect(await artifactBytes(a), a.path).toEqual(reference.artifacts.get(a.path));
     }
     expect(await getRun(db, runId)).toMatchObject({ status: 'completed', error: null });
   }, 60_000);

@@ -50,13 +50,15 @@ async function storedBytes() {
   const tensors = (await db.getAll('tensors')).filter((t) => t.modelId === modelId);
   const artifacts = await db.getAll('artifacts', range(runId));
   const isCheckpointFile = (path: string) => /^checkpoint-\d+\//.test(path);
+  // A merged model's files are stored as Blobs (runs.ts putArtifact), the rest as bytes.
+  const sizeOf = (a: { bytes: ArrayBuffer | Blob }) => (a.bytes instanceof Blob ? a.bytes.size : a.bytes.byteLength);
   const checkpointChunks = await db.getAll('checkpointChunks', range(runId));
   return {
     model: sum(tensors.map((t) => t.bytes.byteLength)) + sum(Object.values(model.files).map((f) => (typeof f === 'string' ? utf8(f) : 0))),
     dataset: sum((await db.getAll('datasetChunks', range(dataset.id))).map((c) => c.bytes.byteLength)),
-    checkpoints: sum(checkpointChunks.map((c) => c.bytes.byteLength)) + sum(artifacts.filter((a) => isCheckpointFile(a.path)).map((a) => a.bytes.byteLength)),
+    checkpoints: sum(checkpointChunks.map((c) => c.bytes.byteLength)) + sum(artifacts.filter((a) => isCheckpointFile(a.path)).map(sizeOf)),
     kept:
-      sum(artifacts.filter((a) => !isCheckpointFile(a.path)).map((a) => a.bytes.byteLength)) +
+      sum(artifacts.filter((a) => !isCheckpointFile(a.path)).map(sizeOf)) +
       sum((await db.getAll('logs', range(runId))).map((c) => c.bytes.byteLength)) +
       sum((await db.getAll('metrics', range(runId))).map((r) => utf8(JSON.stringify(r)))),
   };

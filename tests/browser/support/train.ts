@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs';
 import type { Page } from 'playwright-core';
 import { inject } from 'vitest';
-import type { ExportedFile, RunEvent } from '../../../src/worker/protocol';
+import type { RunEvent } from '../../../src/worker/protocol';
 import { openBrowser, type BrowserSession } from '../harness';
 import { MODELS_DIR } from './fixtures';
 
@@ -76,7 +76,9 @@ export async function trainInPage(
       { onEvent: (e) => events.push(e) },
     );
     const { files } = await window.loraLab!.call('exportRun', { runId: run.runId });
-    return { ...run, events, files: files.map((f: ExportedFile) => ({ path: f.path, bytes: Array.from(f.bytes) })) };
+    // A merged model's files come as Blobs (OutputFile): read whole here, the test files are small.
+    const bytesOf = async (b: Uint8Array | Blob) => Array.from(b instanceof Blob ? new Uint8Array(await b.arrayBuffer()) : b);
+    return { ...run, events, files: await Promise.all(files.map(async (f) => ({ path: f.path, bytes: await bytesOf(f.bytes) }))) };
   }, request);
   return { ...result, files: new Map(result.files.map((f) => [f.path, Uint8Array.from(f.bytes)])) };
 }
