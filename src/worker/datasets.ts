@@ -1,5 +1,5 @@
 import * as tf from '@tensorflow/tfjs';
-import { parseRunConfigYaml, resolveTargetModules, unwrapRunConfig } from '../core/config';
+import { estimateSettingsOf, parseRunConfigYaml, resolveTargetModules, unwrapRunConfig } from '../core/config';
 import { chatSettingsFromConfig, datasetStats, detectFormat, readDataset, type DatasetStats, type ReadDatasetOptions, type TokenizedDataset } from '../core/data/dataset';
 import type { DatasetFormat, RecordKind } from '../core/data/formats/types';
 import { splitValidation } from '../core/data/packing';
@@ -252,17 +252,11 @@ export async function estimateStoredRun(db: LoraLabDb, request: EstimateRequest,
   const estimate = estimateRun({
     model,
     targets: resolved.linears,
-    rank: config.lora_rank,
-    batchSize: config.batch_size,
-    gradAccumSteps: config.grad_accum_steps,
-    seqLen: config.seq_len,
-    epochs: config.epochs,
-    maxSteps: config.max_steps,
+    ...estimateSettingsOf(config),
     trainTokens: trainTokens ?? 0,
     limits: request.limits,
     // The run will train on this worker's backend: on webgpu its ops take the fused kernels.
     fusedKernels: fusedKernelBackend() !== null,
-    gradientCheckpointing: config.gradient_checkpointing,
     weights: { storedDtype: storedMatrixDtype(stored), placement: placementFor(config.base_quantization) },
     deviceMemoryBytes: request.deviceMemoryBytes,
     wasmMemoryLimitBytes: tf.getBackend() === 'wasm' ? WASM_MEMORY_LIMIT_BYTES : null,

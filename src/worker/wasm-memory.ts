@@ -1,4 +1,4 @@
-import { resolveTargetModules, type RunConfig } from '../core/config';
+import { estimateSettingsOf, resolveTargetModules, type RunConfig } from '../core/config';
 import { UserError } from '../core/errors';
 import { resolveTargets } from '../core/lora/settings';
 import { parseModelConfigText } from '../core/models/config';
@@ -22,15 +22,9 @@ export function checkWasmFits(stored: StoredModel, config: RunConfig): void {
   const estimate = estimateRun({
     model,
     targets: resolved.linears,
-    rank: config.lora_rank,
-    batchSize: config.batch_size,
-    gradAccumSteps: config.grad_accum_steps,
-    seqLen: config.seq_len,
-    epochs: config.epochs,
-    maxSteps: config.max_steps,
+    ...estimateSettingsOf(config),
     trainTokens: 0, // memory does not depend on how much data there is
     fusedKernels: false, // wasm runs the stock-op composition
-    gradientCheckpointing: config.gradient_checkpointing,
   });
   const problem = wasmMemoryProblem(estimate);
   if (problem) throw new UserError('backend', `this run ${problem.problem}`, problem.fix);

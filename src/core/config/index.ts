@@ -3,6 +3,7 @@
  * comparison legends. DOM-free.
  */
 import type { LoraSettings } from '../lora/settings';
+import type { RunEstimateInput } from '../train/estimate';
 import type { TrainerOptions } from '../train/trainer';
 import type { ModelArch } from '../models/config';
 import { CONFIG_KEYS, runNameOf, type RunConfig, type RunConfigKey } from './schema';
@@ -91,5 +92,20 @@ export function trainerOptionsOf(config: RunConfig): TrainerOptions {
     weightDecay: config.weight_decay,
     maxGradNorm: config.max_grad_norm,
     seed: config.seed,
+  };
+}
+
+/** What the run estimate reads from a run config: one mapping for the Data panel's estimate and the wasm check. */
+export function estimateSettingsOf(
+  config: RunConfig,
+): Pick<RunEstimateInput, 'rank' | 'batchSize' | 'gradAccumSteps' | 'seqLen' | 'epochs' | 'maxSteps' | 'gradientCheckpointing'> {
+  return {
+    rank: config.lora_rank,
+    batchSize: config.batch_size,
+    gradAccumSteps: config.grad_accum_steps,
+    seqLen: config.seq_len,
+    epochs: config.epochs,
+    maxSteps: config.max_steps,
+    gradientCheckpointing: config.gradient_checkpointing,
   };
 }
