@@ -5,6 +5,7 @@ import { LoraAdapter } from '../src/core/lora';
 import type { CausalLM } from '../src/core/models/model';
 import { baseWeightBytes, watchPeakBytes } from '../src/core/train/device-memory';
 import { loraLossFn } from '../src/core/train/loss-fns';
+import { windowExamples } from '../src/core/train/examples';
 import { Trainer } from '../src/core/train/trainer';
 import type { BaseQuantization } from '../src/core/weights/hold';
 import { heldTensors } from '../src/core/weights/row-blocks';
@@ -54,7 +55,7 @@ export async function measureSteps(model: CausalLM, config: RunConfig, steps: nu
     const trainer = new Trainer({
       variables: adapter.variables(),
       lossFn: loraLossFn(model, adapter, config.seed, { gradientCheckpointing: config.gradient_checkpointing }),
-      train: trainWindows(packStream([{ ids }], null), config.seq_len),
+      train: windowExamples(trainWindows(packStream([{ ids }], null), config.seq_len)),
       options: { ...trainerOptionsOf(config), maxSteps: total, logSteps: 0, saveSteps: 0 },
       callbacks: { onStepEnd: () => void stepEnds.push(performance.now()) },
     });

@@ -8,7 +8,7 @@ import { parseModelConfig } from '../src/core/models/config';
 import { causalLmLoss } from '../src/core/models/loss';
 import { expectedTensors } from '../src/core/models/manifest';
 import { buildModel, type CausalLM } from '../src/core/models/model';
-import { Trainer } from '../src/core/train';
+import { Trainer, windowExamples } from '../src/core/train';
 import { median } from './timing';
 
 /** The shared fixtures' shape: GPT-2, 64 wide, 2 layers, 4 heads, byte vocabulary. */
@@ -68,7 +68,7 @@ async function timeStepsAsConfigured(variant: Variant, steps: number, warmup: nu
   const trainer = new Trainer({
     variables: adapter.variables(),
     lossFn: (batch) => tf.tidy(() => causalLmLoss(model.forward(batch.inputs, { linear }), batch.targets, batch.mask)),
-    train,
+    train: windowExamples(train),
     options: { batchSize: BATCH, maxSteps: steps + warmup, learningRate: 1e-4, scheduler: 'constant', seed: 1 },
     callbacks: { onStepEnd: () => void stepStarts.push(performance.now()) },
   });

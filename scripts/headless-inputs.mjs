@@ -30,6 +30,15 @@ export function parseArgs(argv) {
   return { configPath: resolve(config), crashAtStep };
 }
 
+/**
+ * Other tools' names for the path keys (LLaMA-Factory's model_name_or_path, kohya's pretrained_model_name_or_path and
+ * train_data_dir), as src/core/config/aliases.ts maps them for the app: the runner must find the same files.
+ */
+const PATH_ALIASES = {
+  base_model: ['model_name_or_path', 'pretrained_model_name_or_path'],
+  train_data: ['train_data_dir'],
+};
+
 /** Paths in the config are relative to the config file. Everything else is validated by the app itself. */
 export function readConfig(configPath) {
   if (!existsSync(configPath)) throw new InputError(`${configPath}: no such config file`);
@@ -48,7 +57,7 @@ export function readConfig(configPath) {
   if (typeof data !== 'object' || Array.isArray(data)) throw new InputError(`${basename(configPath)}: must be a YAML mapping of keys to values`);
   const base = dirname(configPath);
   const path = (key, required) => {
-    const value = data[key];
+    const value = data[key] ?? data[PATH_ALIASES[key]?.find((alias) => data[alias] !== undefined)];
     if (value === undefined || value === null || value === '') {
       if (required) throw new InputError(`${basename(configPath)}: ${key} is required`);
       return null;
@@ -59,7 +68,24 @@ export function readConfig(configPath) {
   const baseModel = path('base_model', true);
   const trainData = path('train_data', true);
   const valData = path('val_data', false);
+  // A diffusers folder (model_index.json) makes this an image LoRA run: the model, the images and the validation
+  // images are folders handed over whole, each file with its path inside its folder.
+  if (follow('base_model', baseModel).isDirectory() && existsSync(join(baseModel, 'model_index.json'))) {
+    return {
+      kind: 'image',
+      text,
+      baseModel,
+      model: folderTree('base_model', baseModel),
+      train: folderTree('train_data', trainData),
+      val: valData && folderTree('val_data', valData),
+      outputDir: path('output_dir', true),
+      backend: typeof data.backend === 'string' ? data.backend : 'auto',
+      hasSweep: Object.hasOwn(data, 'sweep'),
+      initAdapter: null,
+    };
+  }
   return {
+    kind: 'text',
     text,
     baseModel,
     modelFiles: modelFolderFiles('base_model', baseModel),
@@ -98,6 +124,35 @@ export function modelFolderFiles(key, dir) {
   }
   if (files.length === 0) throw new InputError(`${key}: ${dir} holds no files`);
   return files;
+}
+
+/**
+ * Every file under a folder, links followed, hidden files and folders (a leading dot) left out: { abs, rel } with
+ * rel '/'-separated inside the folder, sorted. What an image run reads: a diffusers model's component folders, an
+ * image folder's kohya `n_name` repeat folders.
+ */
+export function folderTree(key, dir) {
+  if (!follow(key, dir).isDirectory()) throw new InputError(`${key}: ${dir} is not a folder`);
+  const files = [];
+  const walk = (abs, rel) => {
+    let names;
+    try {
+      names = readdirSync(abs).sort();
+    } catch (e) {
+      throw new InputError(`${key}: cannot list ${abs}: ${fsProblem(e)}`);
+    }
+    for (const name of names) {
+      if (name.startsWith('.')) continue;
+      const p = join(abs, name);
+      const r = rel ? `${rel}/${name}` : name;
+      const info = follow(key, p);
+      if (info.isDirectory()) walk(p, r);
+      else if (info.isFile()) files.push({ abs: p, rel: r });
+    }
+  };
+  walk(dir, '');
+  if (files.length === 0) throw new InputError(`${key}: ${dir} holds no files`);
+  return { name: basename(dir), files };
 }
 
 /** A PEFT adapter folder's two files (others in it, such as README.md, are left out), links followed. */

@@ -19,6 +19,7 @@ import { InputError, parseArgs, readConfig } from './headless-inputs.mjs';
 import { importInitAdapter } from './headless-adapter.mjs';
 import { listExportedInPage, writeExportedFiles } from './headless-export.mjs';
 import { loadSweep, sweepSummary } from './headless-sweep.mjs';
+import { trainImagesInPage } from './headless-images.mjs';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 /** Starting the app (page load, engine worker, backend) takes seconds; this is for a machine under load. */
@@ -27,13 +28,19 @@ const START_TIMEOUT_MS = 180_000;
 const fmt = (n, digits = 4) => (Number.isFinite(n) ? Number(n.toPrecision(digits)).toString() : String(n));
 const eta = (s) => (!Number.isFinite(s) ? '…' : s < 60 ? `${Math.round(s)} s` : `${Math.round(s / 60)} min`);
 
+/** What a step's throughput counts: tokens, or images for an image run (its started event says which). */
+let throughputUnit = 'tok/s';
+
 function printEvent(e) {
   switch (e.kind) {
-    case 'started':
-      console.log(`run ${e.runId}: ${e.totalSteps} steps, ${e.trainTokens} training tokens, ${e.evalTokens} eval tokens, ${e.trainableParameters} trainable parameters${e.fromStep > 0 ? `; resuming after step ${e.fromStep}` : ''}`);
+    case 'started': {
+      throughputUnit = e.images ? 'img/s' : 'tok/s';
+      const data = e.images ? `${e.images.train} training images, ${e.images.eval} validation images` : `${e.trainTokens} training tokens, ${e.evalTokens} eval tokens`;
+      console.log(`run ${e.runId}: ${e.totalSteps} steps, ${data}, ${e.trainableParameters} trainable parameters${e.fromStep > 0 ? `; resuming after step ${e.fromStep}` : ''}`);
       break;
+    }
     case 'step':
-      console.log(`step ${e.step} epoch ${fmt(e.epoch, 3)} loss ${fmt(e.loss)} lr ${fmt(e.learningRate, 3)} grad_norm ${fmt(e.gradNorm, 3)} tok/s ${Math.round(e.tokensPerSecond)} eta ${eta(e.secondsLeft)}`);
+      console.log(`step ${e.step} epoch ${fmt(e.epoch, 3)} loss ${fmt(e.loss)} lr ${fmt(e.learningRate, 3)} grad_norm ${fmt(e.gradNorm, 3)} ${throughputUnit} ${throughputUnit === 'img/s' ? fmt(e.tokensPerSecond, 3) : Math.round(e.tokensPerSecond)} eta ${eta(e.secondsLeft)}`);
       break;
     case 'eval':
       console.log(`eval step ${e.step} eval_loss ${fmt(e.loss)}`);
@@ -94,7 +101,7 @@ async function main() {
   const crash = crashAtStep === null ? null : crashWatch(crashAtStep);
   const paths = readConfig(configPath);
   // A sweep is checked whole before anything is built: a typo in its last list fails now, not an hour in.
-  const sweep = paths.hasSweep ? await loadSweep(configPath, paths.text) : null;
+  const sweep = paths.hasSweep && paths.kind === 'text' ? await loadSweep(configPath, paths.text) : null;
   if (sweep && crash) throw new InputError('--crash-at-step: works on one run, not on a sweep; remove sweep or the option');
 
   // LORA_LAB_BUILT_APP: a production build made already (the browser tests' own), served as it is instead of
@@ -169,6 +176,14 @@ async function main() {
     );
     if (backend.error) throw new InputError(`backend: ${backend.error.trim()}`);
     console.log(`backend: ${backend.text}`);
+
+    if (paths.kind === 'image') {
+      if (crash) throw new InputError('--crash-at-step: image runs cannot be resumed yet; run without it');
+      const result = await trainImagesInPage({ page, guard, fileInput, paths });
+      if (!result.ok) throw result.userError ? new InputError(result.message) : new RunnerError(`training: ${result.message}`);
+      await writeRunFiles(page, paths.outputDir, result);
+      return;
+    }
 
     console.log(`importing ${paths.baseModel}`);
     await guard.step('handing the model files to Chromium', fileInput(page, 'lora-lab-headless-model', paths.modelFiles));

@@ -42,7 +42,7 @@ import { LoraAdapter } from '../src/core/lora/index.js';
 import { seededRandom } from '../src/core/random.js';
 import { registerWasmPlainMatMul } from '../src/core/kernels/wasm_matmul.js';
 import { bytesSource, writeSafetensors } from '../src/core/safetensors/index.js';
-import { evaluate, loraEvalLossFn, loraLossFn, modelLossFn, Trainer, type EvalLossFn } from '../src/core/train/index.js';
+import { evaluate, loraEvalLossFn, loraLossFn, modelLossFn, Trainer, windowExamples, type EvalLossFn } from '../src/core/train/index.js';
 
 // ---------------------------------------------------------------------------------------------
 // What gets built
@@ -473,8 +473,8 @@ async function pretrain(cfg: ModelConfig, tokenizer: TextTokenizer, steps: numbe
   const trainer = new Trainer({
     variables: [...variables.values()],
     lossFn,
-    train,
-    eval: { windows: firstWindows(heldOut, PRETRAIN.evalWindowsDuringTraining), lossFn },
+    train: windowExamples(train),
+    eval: { examples: windowExamples(firstWindows(heldOut, PRETRAIN.evalWindowsDuringTraining)), lossFn },
     options: {
       batchSize: PRETRAIN.batchSize,
       maxSteps: steps,
@@ -500,8 +500,8 @@ async function pretrain(cfg: ModelConfig, tokenizer: TextTokenizer, steps: numbe
   if (end.reason !== 'completed') throw new Error(`pretraining ended early: ${end.reason} ${end.detail ?? ''}`);
   const seconds = (performance.now() - started) / 1000;
 
-  const final = await evaluate(heldOut, lossFn, 32);
-  console.log(`pretraining took ${formatSeconds(seconds)}; held-out loss ${final.loss.toFixed(4)} nats/byte over ${final.targetTokens} tokens`);
+  const final = await evaluate(windowExamples(heldOut), lossFn, 32);
+  console.log(`pretraining took ${formatSeconds(seconds)}; held-out loss ${final.loss.toFixed(4)} nats/byte over ${final.weight} tokens`);
 
   const tensors = [...variables].map(([name, v]) => ({ name, shape: [...v.shape], data: v.dataSync() as Float32Array }));
   model.dispose();
@@ -511,7 +511,7 @@ async function pretrain(cfg: ModelConfig, tokenizer: TextTokenizer, steps: numbe
     seconds,
     steps,
     trainTokens: steps * PRETRAIN.batchSize * PRETRAIN.seqLen,
-    heldOutTokens: final.targetTokens,
+    heldOutTokens: final.weight,
     heldOutLoss: final.loss,
   };
 }
@@ -553,15 +553,15 @@ async function checkLoraFineTune(outDir: string, read: (file: string) => Uint8Ar
   const adapter = LoraAdapter.create(model, loraSettingsOf(config, model.config.arch), config.seed);
   const evalLossFn: EvalLossFn = loraEvalLossFn(model, adapter);
   // B starts at zero, so this is the base model's loss.
-  const base = await evaluate(val, evalLossFn, config.batch_size);
+  const base = await evaluate(windowExamples(val), evalLossFn, config.batch_size);
   console.log(`LoRA check on ${tf.getBackend()}: style.txt ${train.count} windows, style-val.txt ${val.count} windows; base val loss ${base.loss.toFixed(4)}`);
   const evalCurve: [number, number][] = [[0, base.loss]];
   const started = performance.now();
   const trainer = new Trainer({
     variables: adapter.variables(),
     lossFn: loraLossFn(model, adapter, config.seed),
-    train,
-    eval: { windows: val, lossFn: evalLossFn },
+    train: windowExamples(train),
+    eval: { examples: windowExamples(val), lossFn: evalLossFn },
     options: trainerOptionsOf(config),
     callbacks: {
       onLog: (m) => console.log(`  lora step ${String(m.step).padStart(4)}  train loss ${m.meanLoss.toFixed(3)}  ${Math.round(m.tokensPerSecond)} tok/s`),

@@ -76,3 +76,20 @@ export function dropoutMaskArray(key: number, n: number, p: number): Float32Arra
   for (let i = 0; i < n; i++) out[i] = next() >= threshold ? keep : 0;
   return out;
 }
+
+/**
+ * `n` standard normal draws as float32 (Box–Muller on two uniform draws each; the uniform is shifted off 0 so the
+ * logarithm stays finite): diffusion noise, sample latents. Same key, same values.
+ */
+export function normalArray(key: number, n: number): Float32Array {
+  const next = uint32Stream(key);
+  const out = new Float32Array(n);
+  for (let i = 0; i < n; i += 2) {
+    const u1 = (next() + 0.5) / 4294967296;
+    const u2 = next() / 4294967296;
+    const radius = Math.sqrt(-2 * Math.log(u1));
+    out[i] = radius * Math.cos(2 * Math.PI * u2);
+    if (i + 1 < n) out[i + 1] = radius * Math.sin(2 * Math.PI * u2);
+  }
+  return out;
+}

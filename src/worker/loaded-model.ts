@@ -82,6 +82,15 @@ export class ModelSlot {
     return this.pinned !== null;
   }
 
+  /**
+   * Frees the loaded language model for a run that trains something else (an image LoRA): its memory is the run's.
+   * Only the holder of the slot's pin may ask, so nothing else is using the model.
+   */
+  async unloadFor(pin: ModelPin): Promise<void> {
+    if (this.pinned?.modelId !== pin.modelId) throw new Error('unloadFor: the slot is not pinned by this pin');
+    return this.serially(async () => this.release());
+  }
+
   /** Before the model `id` is deleted: refused while a run trains on it; otherwise its weights are freed if loaded. */
   async evict(id: string): Promise<void> {
     if (this.pinned?.modelId === id) {

@@ -19,6 +19,7 @@ import type { ErrorDetail, Request, RequestName, Requests, Response, RunControl,
 import { resumeRequestOf } from './resume';
 import { runOutputFiles } from './run-files';
 import { trainLora, type RunContext } from './training-run';
+import { trainImageRun } from './image-run';
 import { mergeFinishedRun } from './merged-export';
 import { adaptedLogits, compareSideBySide } from './playground';
 
@@ -30,6 +31,8 @@ type Context = RunContext;
 const locks = platformLocks();
 /** The one model on the backend; a training run pins it (see ModelSlot). */
 const models = new ModelSlot();
+/** What an image run pins the language-model slot under: no stored model has this id. */
+const IMAGE_RUN_SLOT = 'image-run';
 
 type Handler<K extends RequestName> = (payload: Requests[K]['payload'], ctx: Context) => Promise<Requests[K]['result']>;
 
@@ -105,6 +108,19 @@ const handlers: { [K in RequestName]: Handler<K> } = {
       if (!run) throw new UserError('run', 'is not stored any more.');
       if (run.modelId !== modelId) throw new Error(`resumeRun: run ${runId} trains model ${run.modelId}, not ${modelId}`);
       return await asTheOneTrainer(locks, () => trainLora(db, resumeRequestOf(run), ctx, { pin, locks }, run));
+    } finally {
+      pin.release();
+    }
+  },
+
+  async trainImages(payload, ctx) {
+    // The language-model slot is pinned (no predict or train meanwhile) and emptied: the image run needs the memory.
+    const pin = models.pin(IMAGE_RUN_SLOT);
+    try {
+      return await asTheOneTrainer(locks, async () => {
+        await models.unloadFor(pin);
+        return trainImageRun(await openDatabase(), payload, ctx, locks);
+      });
     } finally {
       pin.release();
     }

@@ -5,6 +5,7 @@ import type { DatasetPreview, DatasetRef, EstimateRequest, EstimateResult } from
 import type { AdapterInfo } from '../storage/adapters';
 import type { AdapterEvalRequest, AdapterEvalResult } from './stored-adapters';
 import type { CompareRequest, CompareResult, PlaygroundAdapter } from './playground';
+import type { ImageTrainRequest } from './image-run';
 
 /**
  * The one contract between the UI thread and the training worker. Every request carries an id;
@@ -41,7 +42,17 @@ export type RunControl = 'pause' | 'resume' | 'stop';
 /** What a training run reports while it runs (besides `progress` for loading and tokenizing). */
 export type RunEvent =
   /** fromStep: 0 for a new run; for a resumed one, its checkpoint's step (the steps up to it are stored already). */
-  | { kind: 'started'; runId: string; totalSteps: number; trainTokens: number; evalTokens: number; trainableParameters: number; fromStep: number }
+  | {
+      kind: 'started';
+      runId: string;
+      totalSteps: number;
+      trainTokens: number;
+      evalTokens: number;
+      trainableParameters: number;
+      fromStep: number;
+      /** An image run's images per epoch (repeats counted) and validation images; its token counts are 0 and its step throughput is images/s. */
+      images?: { readonly train: number; readonly eval: number };
+    }
   | { kind: 'step'; step: number; epoch: number; loss: number; learningRate: number; gradNorm: number; tokensPerSecond: number; secondsLeft: number; skippedSteps: number }
   /** An update was skipped because a loss or gradient was not finite (see the trainer's SkippedUpdate). */
   | { kind: 'skipped'; step: number; skippedSteps: number; problem: string }
@@ -103,6 +114,11 @@ export interface Requests {
    * the same events, the same one-run rule. `modelId` is the run's model, pinned before anything is read.
    */
   resumeRun: { payload: { runId: string; modelId: string }; result: TrainResult };
+  /**
+   * Trains a Stable Diffusion LoRA from picked folders (a diffusers model, captioned images, optional validation
+   * images); the same events and one-run rule as `train`. The run is stored like any other and exported by exportRun.
+   */
+  trainImages: { payload: ImageTrainRequest; result: TrainResult };
   /** Every file of a run's output folder (adapter, logs, config.yaml, metrics.csv, diagnosis.json). */
   /** The run's output folder; a merged model's files come as Blobs kept on disk, to be read in slices (OutputFile). */
   exportRun: { payload: { runId: string }; result: { files: OutputFile[] } };

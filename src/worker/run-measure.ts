@@ -1,14 +1,16 @@
 import * as tf from '@tensorflow/tfjs';
 import { mergeMeasurements, summarizeRun, type MeasuredSoFar, type NumberedStepTiming, type RunSummary } from '../core/export/run-summary';
 import type { LossFn } from '../core/train/batch';
-import { baseWeightBytes, watchPeakBytes } from '../core/train/device-memory';
-import type { CausalLM } from '../core/models/model';
+import { watchPeakBytes } from '../core/train/device-memory';
 import type { TrainerCallbacks } from '../core/train/trainer';
 import { adapterDescription, wasmHeapBytes } from './backend';
 
 export interface RunMeasure {
-  /** The training loss, timed: a step starts when its first micro-batch's forward pass does. */
-  lossFn(inner: LossFn): LossFn;
+  /**
+   * The training loss, timed: a step starts when its first micro-batch's forward pass does. `units` is what the
+   * batch counts for throughput (its tokens; its images).
+   */
+  lossFn<B>(inner: LossFn<B>, units: (batch: B) => number): LossFn<B>;
   /** Ends a step's timing; listed first among the run's callbacks, so theirs is not counted. */
   readonly callbacks: TrainerCallbacks;
   /** Ends the measurement (memory watch, total time): call when training ends, however it ends. Idempotent. */
@@ -31,11 +33,11 @@ export interface EarlierSegments {
 
 /**
  * Measures one training run for run_summary.json: memory (tfjs's high-water mark, the wasm heap),
- * the base weights as held, and each step's time and tokens. Started once the model is loaded, so
+ * the base weights as held (`baseBytes`, e.g. baseWeightBytes(model)), and each step's time and tokens (or images). Started once the model is loaded, so
  * the peak includes its weights. Nothing here reads back from the device or waits. A resumed run passes
  * what was measured before its checkpoint (`earlier`), so that its summary counts every step of the run once.
  */
-export function measureRun(model: Pick<CausalLM, 'weights'>, earlier: EarlierSegments | null = null): RunMeasure {
+export function measureRun(baseBytes: number, earlier: EarlierSegments | null = null): RunMeasure {
   const peak = watchPeakBytes();
   const started = now();
   const steps: NumberedStepTiming[] = [];
@@ -43,9 +45,9 @@ export function measureRun(model: Pick<CausalLM, 'weights'>, earlier: EarlierSeg
   let ended: number | null = null;
   let heap: number | null = null;
   return {
-    lossFn: (inner) => (batch, ctx) => {
+    lossFn: (inner, units) => (batch, ctx) => {
       if (current?.step !== ctx.step) current = { step: ctx.step, start: now(), tokens: 0 };
-      current.tokens += batch.inputs.size;
+      current.tokens += units(batch);
       return inner(batch, ctx);
     },
     callbacks: {
@@ -66,7 +68,7 @@ export function measureRun(model: Pick<CausalLM, 'weights'>, earlier: EarlierSeg
     },
     summary() {
       const whole = measured(Number.POSITIVE_INFINITY);
-      return summarizeRun({ backend: tf.getBackend(), adapter: adapterDescription(), baseWeightBytes: baseWeightBytes(model), ...whole });
+      return summarizeRun({ backend: tf.getBackend(), adapter: adapterDescription(), baseWeightBytes: baseBytes, ...whole });
     },
   };
 

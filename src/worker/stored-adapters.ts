@@ -7,6 +7,7 @@ import { parseModelConfigText } from '../core/models/config';
 import type { CausalLM } from '../core/models/model';
 import { blobSource } from '../core/safetensors/source';
 import { evaluate } from '../core/train/evaluate';
+import { windowExamples } from '../core/train/examples';
 import { loraEvalLossFn, modelLossFn } from '../core/train/loss-fns';
 import { adapterInfo, getAdapter, listAdapters, storeAdapter, type AdapterInfo, type StoredAdapter } from '../storage/adapters';
 import type { LoraLabDb, StoredModel } from '../storage/db';
@@ -144,8 +145,8 @@ export async function evaluateStoredAdapter(db: LoraLabDb, request: AdapterEvalR
   }
   const adapter = request.adapter === null ? null : await loadStoredAdapter(db, stored, model, request.adapter);
   try {
-    const result = await evaluate(windows, adapter ? loraEvalLossFn(model, adapter) : modelLossFn(model), Math.max(1, request.batchSize));
-    return { loss: result.loss, windows: result.windows, targetTokens: result.targetTokens };
+    const result = await evaluate(windowExamples(windows), adapter ? loraEvalLossFn(model, adapter) : modelLossFn(model), Math.max(1, request.batchSize));
+    return { loss: result.loss, windows: result.examples, targetTokens: result.weight };
   } finally {
     adapter?.dispose();
   }

@@ -14,7 +14,7 @@ import { tensorBoardCallbacks } from '../core/logging/tensorboard-callbacks';
 import { LoraAdapter } from '../core/lora';
 import { configWithInitAdapter, writtenConfigKeys } from '../core/lora/adapter-check';
 import { generate } from '../core/models/generate';
-import { checkResumable, composeCallbacks, customMetricCallbacks, loraEvalLossFn, loraLossFn, PERPLEXITY, Trainer, type CustomMetric, type LossFn, type TrainerCallbacks } from '../core/train';
+import { checkResumable, composeCallbacks, customMetricCallbacks, lateCallbacks, loraEvalLossFn, loraLossFn, PERPLEXITY, Trainer, windowExamples, type CustomMetric, type LossFn, type TrainerCallbacks } from '../core/train';
 import { latestCheckpoint, saveCheckpoint } from '../storage/checkpoints';
 import type { Interruption, LoraLabDb, StoredModel, StoredRun } from '../storage/db';
 import { lockName, type Locks } from '../storage/locks';
@@ -30,6 +30,7 @@ import type { Progress, RunControl, RunEvent } from './protocol';
 import { haltingAfter } from './halt';
 import { continuingWriter, diagnosisHistoryOf, storedDataOf } from './resume';
 import { measureRun } from './run-measure';
+import { baseWeightBytes } from '../core/train/device-memory';
 import { writeMergedFromAdapterFiles } from './merged-export';
 import { checkWasmFits, runFailure } from './wasm-memory';
 import { pauseOnFullStorage } from './storage-full';
@@ -137,25 +138,17 @@ async function runTrainer(db: LoraLabDb, runId: string, p: Prepared, ctx: RunCon
   const resumed = p.resuming ? await latestCheckpoint(db, runId) : null;
   const from = resumed?.checkpoint ?? null;
   // A resumed run goes on from what was measured up to its checkpoint, so run_summary.json counts each step once.
-  const measure = measureRun(model, resumed?.record.measured ? { measured: resumed.record.measured, fromStep: resumed.record.step } : null);
+  const measure = measureRun(baseWeightBytes(model), resumed?.record.measured ? { measured: resumed.record.measured, fromStep: resumed.record.step } : null);
   // Callbacks that need the trainer's plan are built after it; the trainer reads them late.
   let callbacks: TrainerCallbacks = {};
   const trainer = new Trainer({
     variables: adapter.variables(),
-    lossFn: halting(p.haltAfterStep, ctx, measure.lossFn(loraLossFn(model, adapter, config.seed, { gradientCheckpointing: config.gradient_checkpointing }))),
-    train: p.train,
-    eval: hasEval ? { windows: p.evalSet, lossFn: loraEvalLossFn(model, adapter) } : null,
+    lossFn: halting(p.haltAfterStep, ctx, measure.lossFn(loraLossFn(model, adapter, config.seed, { gradientCheckpointing: config.gradient_checkpointing }), (b) => b.inputs.size)),
+    train: windowExamples(p.train),
+    eval: hasEval ? { examples: windowExamples(p.evalSet), lossFn: loraEvalLossFn(model, adapter) } : null,
     options: trainerOptionsOf(config),
     resumeFrom: from,
-    callbacks: {
-      onCheckpoint: (c, reason) => callbacks.onCheckpoint?.(c, reason),
-      onStepEnd: (m) => callbacks.onStepEnd?.(m),
-      onSkip: (s) => callbacks.onSkip?.(s),
-      onLog: (m) => callbacks.onLog?.(m),
-      onEval: (e) => callbacks.onEval?.(e),
-      onSave: (s) => callbacks.onSave?.(s),
-      onTrainEnd: (r) => callbacks.onTrainEnd?.(r),
-    },
+    callbacks: lateCallbacks(() => callbacks),
   });
 
   const newLogFile = config.log_steps > 0 ? EventFileWriter.fileName(Math.floor(Date.now() / 1000), LOG_HOST, 0) : null;

@@ -2,7 +2,7 @@ import * as tf from '@tensorflow/tfjs';
 import { beforeAll, describe, expect, it } from 'vitest';
 import type { WindowSet } from '../../src/core/data/packing';
 import { causalLmLoss } from '../../src/core/models/index';
-import { accumulateGradients, Trainer, type LossFn } from '../../src/core/train/index';
+import { accumulateGradients, Trainer, windowExamples, type LossFn } from '../../src/core/train/index';
 
 // Token-weighted gradient accumulation (Hugging Face Trainer): over the micro-batches of one optimizer step, the
 // loss is the sum of every unmasked target's cross-entropy divided by the number of unmasked targets in all of
@@ -107,7 +107,7 @@ describe('token-weighted gradient accumulation', () => {
     const W0 = weights();
     const W = tf.variable(tf.tensor2d(W0));
     const expected = tokenWeighted(W0, GROUP);
-    const { grads, loss } = accumulateGradients([W], bigramLoss(W), windows, GROUP, 0, 0);
+    const { grads, loss } = accumulateGradients([W], bigramLoss(W), windowExamples(windows), GROUP, 0, 0);
     expect(maxAbsDiff(await grads[0]!.data(), expected.grad.flat())).toBeLessThan(1e-6);
     expect(Math.abs((await loss.data())[0]! - expected.loss)).toBeLessThan(1e-6);
 
@@ -127,9 +127,9 @@ describe('token-weighted gradient accumulation', () => {
       seen.push(ctx.microBatch);
       return inner(batch, ctx);
     };
-    const withEmpty = accumulateGradients([W], counting, windows, GROUP, 0, 0);
+    const withEmpty = accumulateGradients([W], counting, windowExamples(windows), GROUP, 0, 0);
     expect(seen).toEqual([0, 2]);
-    const without = accumulateGradients([W], bigramLoss(W), windows, [GROUP[0]!, GROUP[2]!], 0, 0);
+    const without = accumulateGradients([W], bigramLoss(W), windowExamples(windows), [GROUP[0]!, GROUP[2]!], 0, 0);
     expect(maxAbsDiff(await withEmpty.grads[0]!.data(), await without.grads[0]!.data())).toBeLessThan(1e-7);
     expect(maxAbsDiff(await withEmpty.loss.data(), await without.loss.data())).toBeLessThan(1e-7);
     tf.dispose([...withEmpty.grads, withEmpty.loss, ...without.grads, without.loss, W]);
@@ -137,7 +137,7 @@ describe('token-weighted gradient accumulation', () => {
 
   it('a step with no target in any micro-batch has zero gradients and loss 0', async () => {
     const W = tf.variable(tf.tensor2d(weights()));
-    const { grads, loss } = accumulateGradients([W], bigramLoss(W), windows, [[2], [3], [5]], 0, 0);
+    const { grads, loss } = accumulateGradients([W], bigramLoss(W), windowExamples(windows), [[2], [3], [5]], 0, 0);
     expect(Array.from(await grads[0]!.data()).every((g) => g === 0)).toBe(true);
     expect((await loss.data())[0]).toBe(0);
     tf.dispose([...grads, loss, W]);
@@ -151,7 +151,7 @@ describe('token-weighted gradient accumulation', () => {
       const trainer = new Trainer({
         variables: [W],
         lossFn: bigramLoss(W),
-        train: windows,
+        train: windowExamples(windows),
         options: { batchSize, gradAccumSteps, maxSteps: 1, learningRate: 0.05, scheduler: 'constant', maxGradNorm: 0, seed: 4 },
         callbacks: { onStepEnd: (m) => void losses.push(m.loss) },
       });

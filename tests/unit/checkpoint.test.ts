@@ -21,6 +21,7 @@ import {
   type StopRequest,
   type TrainerCheckpoint,
   type TrainerOptions,
+  windowExamples,
 } from '../../src/core/train/index';
 
 // Exact resume: a run cut at step K, its checkpoint put through bytes, and a NEW trainer (new adapter, new optimizer)
@@ -91,8 +92,8 @@ async function runLora(spec: RunSpec = {}) {
   const trainer: Trainer = new Trainer({
     variables: adapter.variables(),
     lossFn: loraLossFn(model, adapter, SEED),
-    train: spec.train ?? train,
-    eval: { windows: evalSet, lossFn: loraEvalLossFn(model, adapter) },
+    train: windowExamples(spec.train ?? train),
+    eval: { examples: windowExamples(evalSet), lossFn: loraEvalLossFn(model, adapter) },
     options: { ...options, ...spec.options },
     resumeFrom: spec.resumeFrom ?? null,
     callbacks: {

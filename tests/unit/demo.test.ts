@@ -18,7 +18,7 @@ import {
   type ModelConfig,
 } from '../../src/core/models/index';
 import { bytesSource, readHeader } from '../../src/core/safetensors/index';
-import { evaluate, modelLossFn } from '../../src/core/train/index';
+import { evaluate, modelLossFn, windowExamples } from '../../src/core/train/index';
 import { HELD_OUT_FRACTION, mobyDickParagraphs, mobyDickSplit } from '../../scripts/pretrain-demo';
 
 /**
@@ -153,7 +153,7 @@ describe('demo model', () => {
     const docs = paragraphs.map((p) => ({ ids: tokenizer.encode(p) }));
     const windows = evalWindows(packStream(docs, tokenizer.eosId), cfg.maxPositions);
     expect(windows.targetTokens).toBeGreaterThan(PASSAGE_CHARS * 0.9);
-    return (await evaluate(windows, modelLossFn(model), 32)).loss;
+    return (await evaluate(windowExamples(windows), modelLossFn(model), 32)).loss;
   }
 
   it('is pretrained: far below a uniform guess on held-out Moby-Dick, and worse on the style text', async () => {

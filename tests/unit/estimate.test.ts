@@ -16,6 +16,7 @@ import {
 } from '../../src/core/models/index';
 import { bytesSource } from '../../src/core/safetensors/index';
 import { estimateRun, type RunEstimateInput } from '../../src/core/train/estimate';
+import { windowExamples } from '../../src/core/train/examples';
 import { Trainer } from '../../src/core/train/trainer';
 
 const FIXTURES = fileURLToPath(new URL('../../../shared/fixtures/models/', import.meta.url));
@@ -316,7 +317,7 @@ describe('steps', () => {
         const trainer = new Trainer({
           variables: [variable],
           lossFn,
-          train: windows,
+          train: windowExamples(windows),
           options: { batchSize, gradAccumSteps, epochs, maxSteps, learningRate: 0, seed: 1 },
         });
         const e = estimateRun(

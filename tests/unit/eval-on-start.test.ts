@@ -12,7 +12,7 @@ import { LoraAdapter } from '../../src/core/lora/index';
 import { buildModel, loadWeightsFromSafetensors, parseModelConfigText, type CausalLM } from '../../src/core/models/index';
 import { bytesSource } from '../../src/core/safetensors/index';
 import type { TrainerCheckpoint } from '../../src/core/train/checkpoint';
-import { loraEvalLossFn, loraLossFn, Trainer } from '../../src/core/train/index';
+import { loraEvalLossFn, loraLossFn, Trainer, windowExamples } from '../../src/core/train/index';
 import { exportRunFiles } from '../../src/worker/run-files';
 import { runContext, trainPinned } from './support/run-context';
 import { freshDbWithTinyGpt2 } from './support/stored-model';
@@ -109,8 +109,8 @@ describe('eval_on_start in the trainer', () => {
       const trainer = new Trainer({
         variables: adapter.variables(),
         lossFn: loraLossFn(model, adapter, 5),
-        train: train(),
-        eval: { windows: evalSet(), lossFn: loraEvalLossFn(model, adapter) },
+        train: windowExamples(train()),
+        eval: { examples: windowExamples(evalSet()), lossFn: loraEvalLossFn(model, adapter) },
         options: { batchSize: 2, maxSteps: options.maxSteps, evalSteps: 2, saveSteps: 1, learningRate: 0.01, seed: 5, evalOnStart: options.evalOnStart },
         resumeFrom: options.resumeFrom ?? null,
         callbacks: { onEval: (e) => void evals.push(e), onCheckpoint: (c) => void checkpoints.push(c) },

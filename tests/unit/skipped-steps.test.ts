@@ -18,6 +18,7 @@ import {
   type TrainerCallbacks,
   type TrainerCheckpoint,
   type TrainerOptions,
+  windowExamples,
 } from '../../src/core/train/index';
 
 // A non-finite loss or gradient skips that update and is counted; MAX_SKIPPED_IN_ROW in a row end the run as
@@ -62,7 +63,7 @@ async function train(nanAt: number[], opts: Partial<TrainerOptions>, callbacks: 
   const trainer = new Trainer({
     variables: [model.W],
     lossFn: model.lossFn,
-    train: trainWindows(patternStream(8 * 40 + 1), 8), // 40 windows, 10 micro-batches per epoch
+    train: windowExamples(trainWindows(patternStream(8 * 40 + 1), 8)), // 40 windows, 10 micro-batches per epoch
     options: { ...options, ...opts },
     resumeFrom: extra.resumeFrom ?? null,
     callbacks: composeCallbacks(callbacks, {

@@ -16,6 +16,7 @@ import {
   readRecords,
   scalarSeries,
   type Histogram,
+  type ImageColorspace,
   type SummaryValue,
   type TfEvent,
 } from '../../src/core/logging';
@@ -32,7 +33,7 @@ interface ManifestValue {
   histo?: { min?: number; max?: number; num?: number; sum?: number; sum_squares?: number; bucket_limit?: number[]; bucket?: number[] };
   tensor?: { dtype: string; tensor_shape: object; float_val?: number[]; string_val?: string[] };
   metadata?: { plugin_data: { plugin_name: string } };
-  image?: object;
+  image?: { height: number; width: number; colorspace: number; encoded_image_string: string };
 }
 interface ManifestEvent {
   wall_time?: number;
@@ -82,7 +83,11 @@ function fromManifest(ev: ManifestEvent): TfEvent {
     if (v.tensor && plugin === 'text' && v.tensor.dtype === 'DT_STRING') {
       return { tag: v.tag, kind: 'text', text: Buffer.from(v.tensor.string_val![0]!, 'base64').toString('utf8') };
     }
-    if (v.image) return { tag: v.tag, kind: 'other', what: 'image', raw: expect.any(Uint8Array) as Uint8Array };
+    if (v.image) {
+      const { height, width, colorspace, encoded_image_string } = v.image;
+      const encoded = new Uint8Array(Buffer.from(encoded_image_string, 'base64'));
+      return { tag: v.tag, kind: 'image', image: { height, width, colorspace: colorspace as ImageColorspace, encoded } };
+    }
     throw new Error(`test does not know this MANIFEST value: ${JSON.stringify(v)}`);
   });
   return { ...base, kind: 'summary', values };
@@ -112,8 +117,8 @@ function rewrite(file: ManifestFile, readBack: TfEvent[]): Uint8Array {
     if (v.kind === 'scalar' && v.encoding === 'simple_value') w.addScalar(v.tag, m.simple_value!, e.step, e.wallTime);
     else if (v.kind === 'scalar') w.addEvent({ ...e, values: [{ ...v, value: m.tensor!.float_val![0]! }] });
     else if (v.kind === 'text') w.addText(v.tag, v.text, e.step, e.wallTime);
-    else if (v.kind === 'histogram') w.addEvent(e);
-    // Images are not something we write; pass through what the reader kept, to prove it is lossless.
+    else if (v.kind === 'histogram' || v.kind === 'image') w.addEvent(e);
+    // Anything else is not something we write; pass through what the reader kept, to prove it is lossless.
     else w.addEvent(readBack[i]!);
   });
   return w.takePending();

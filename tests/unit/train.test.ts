@@ -32,6 +32,7 @@ import {
   type TrainerCallbacks,
   type TrainerOptions,
   type TrainEnd,
+  windowExamples,
 } from '../../src/core/train/index';
 
 const FIXTURES = fileURLToPath(new URL('../../../shared/fixtures/models/', import.meta.url));
@@ -113,8 +114,8 @@ async function trainBigram(
   const trainer = new Trainer({
     variables: [model.W],
     lossFn: extra.wrap ? extra.wrap(model.lossFn) : model.lossFn,
-    train,
-    eval: { windows: evalSet, lossFn: model.lossFn },
+    train: windowExamples(train),
+    eval: { examples: windowExamples(evalSet), lossFn: model.lossFn },
     options: { ...baseOptions, ...options },
     callbacks: {
       ...callbacks,
@@ -302,9 +303,9 @@ describe('eval loss definition', () => {
     const windows = evalWindows(packStream([{ ids: bytesOf(spec.text) }], EOS), spec.seq_len);
     expect(windows.count).toBe(spec.windows);
     for (const batchSize of [2, 9]) {
-      const r = await evaluate(windows, modelLossFn(m), batchSize);
+      const r = await evaluate(windowExamples(windows), modelLossFn(m), batchSize);
       expect(Math.abs(r.loss - spec.loss)).toBeLessThan(1e-4);
-      expect(r.targetTokens).toBe(spec.windows * spec.seq_len);
+      expect(r.weight).toBe(spec.windows * spec.seq_len);
     }
     if (m !== model) m.dispose();
   });
@@ -347,8 +348,8 @@ describe('eval loss definition', () => {
     const meanOfMeans = perWindow.reduce((s, x) => s + x, 0) / perWindow.length;
     expect(Math.abs(tokenWeighted - meanOfMeans)).toBeGreaterThan(1e-3);
     for (const batchSize of [2, 5]) {
-      const r = await evaluate(windows, modelLossFn(model), batchSize);
-      expect(r.targetTokens).toBe(tokens);
+      const r = await evaluate(windowExamples(windows), modelLossFn(model), batchSize);
+      expect(r.weight).toBe(tokens);
       expect(Math.abs(r.loss - tokenWeighted)).toBeLessThan(1e-5);
     }
   });
@@ -413,9 +414,9 @@ describe('Trainer mechanics (bigram model)', () => {
   it('gradient accumulation 2 × 4 gives the gradients and loss of one batch of 8', async () => {
     const { W, lossFn } = bigram(8, 5);
     const windows = trainWindows(patternStream(8 * 8 + 1), 8);
-    const split = accumulateGradients([W], lossFn, windows, [[0, 1, 2, 3], [4, 5, 6, 7]], 0, 0);
-    const whole = accumulateGradients([W], lossFn, windows, [[0, 1, 2, 3, 4, 5, 6, 7]], 0, 0);
-    const single = accumulateGradients([W], lossFn, windows, [[0, 1, 2, 3]], 0, 0);
+    const split = accumulateGradients([W], lossFn, windowExamples(windows), [[0, 1, 2, 3], [4, 5, 6, 7]], 0, 0);
+    const whole = accumulateGradients([W], lossFn, windowExamples(windows), [[0, 1, 2, 3, 4, 5, 6, 7]], 0, 0);
+    const single = accumulateGradients([W], lossFn, windowExamples(windows), [[0, 1, 2, 3]], 0, 0);
     expect(maxAbsDiff(await split.grads[0]!.data(), await whole.grads[0]!.data())).toBeLessThan(1e-5);
     expect(Math.abs((await split.loss.data())[0]! - (await whole.loss.data())[0]!)).toBeLessThan(1e-5);
     // The comparison has teeth: half the batch alone gives other gradients.
@@ -570,7 +571,7 @@ describe('Trainer on the tiny models', () => {
     const trainer = new Trainer({
       variables: adapter.variables(),
       lossFn: loraLossFn(model, adapter, seed),
-      train: windows,
+      train: windowExamples(windows),
       options: { batchSize: 2, learningRate: 1e-2, scheduler: 'constant', seed, ...options },
       callbacks: { onStepEnd: (m) => void losses.push(m.loss) },
     });
@@ -580,11 +581,11 @@ describe('Trainer on the tiny models', () => {
 
   it('LoRA rank 4 on c_attn, lr 1e-2, 30 steps: the loss falls clearly, the base model is untouched', async () => {
     const baseBefore = await (model.weights.get('transformer.h.0.attn.c_attn.weight') as tf.Tensor).data();
-    const before = await evaluate(windows, modelLossFn(model), 11);
+    const before = await evaluate(windowExamples(windows), modelLossFn(model), 11);
     const tensorsBefore = tf.memory().numTensors;
     const { adapter, losses, end } = await trainLora(settings, { maxSteps: 30 });
     expect(end).toEqual({ step: 30, reason: 'completed' });
-    const after = await evaluate(windows, loraEvalLossFn(model, adapter), 11);
+    const after = await evaluate(windowExamples(windows), loraEvalLossFn(model, adapter), 11);
     console.info(`LoRA: eval loss ${before.loss.toFixed(3)} → ${after.loss.toFixed(3)}; step losses ${losses[0]!.toFixed(3)} → ${losses.at(-1)!.toFixed(3)}`);
     expect(after.loss).toBeLessThan(before.loss - 0.7);
     const mean = (xs: number[]) => xs.reduce((s, x) => s + x, 0) / xs.length;
@@ -615,15 +616,15 @@ describe('Trainer on the tiny models', () => {
     }
     const scratch = buildModel(cfg, variables);
     const lossFn = modelLossFn(scratch);
-    const before = await evaluate(windows, lossFn, 11);
+    const before = await evaluate(windowExamples(windows), lossFn, 11);
     const trainer = new Trainer({
       variables: [...variables.values()],
       lossFn,
-      train: windows,
+      train: windowExamples(windows),
       options: { batchSize: 2, learningRate: 3e-3, scheduler: 'constant', maxSteps: 5, seed: 1 },
     });
     expect((await trainer.run()).reason).toBe('completed');
-    const after = await evaluate(windows, lossFn, 11);
+    const after = await evaluate(windowExamples(windows), lossFn, 11);
     console.info(`from scratch: eval loss ${before.loss.toFixed(3)} → ${after.loss.toFixed(3)}`);
     expect(after.loss).toBeLessThan(before.loss - 0.3);
     scratch.dispose();

@@ -1,3 +1,4 @@
+import { KOHYA_SETTING_NAMES } from './kohya-settings';
 import { CONFIG_KEYS, type RunConfigKey } from './schema';
 
 export type AliasSource = 'LLaMA-Factory' | 'kohya' | 'Hugging Face';
@@ -6,7 +7,15 @@ export interface KeyAlias {
   readonly to: RunConfigKey;
   /** The tool whose configs use this name, so the UI can say where a key came from. */
   readonly tool: AliasSource;
+  /**
+   * Turns the value as written into ours, for the alias that means the opposite of our key
+   * (network_train_unet_only: true is train_text_encoder: false). Absent: the value carries over as is.
+   */
+  readonly read?: (value: unknown) => unknown;
 }
+
+/** true ↔ false; anything else unchanged, so the boolean check reports the value as written. */
+const invert = (value: unknown): unknown => (typeof value === 'boolean' ? !value : value);
 
 /**
  * Other tools' names for our keys, accepted so their configs load with few edits. Names the tools
@@ -33,6 +42,10 @@ export const KEY_ALIASES: ReadonlyMap<string, KeyAlias> = new Map<string, KeyAli
   ['save_every_n_steps', { to: 'save_steps', tool: 'kohya' }],
   ['sample_every_n_steps', { to: 'sample_steps', tool: 'kohya' }],
   ['pretrained_model_name_or_path', { to: 'base_model', tool: 'kohya' }],
+  ['train_data_dir', { to: 'train_data', tool: 'kohya' }],
+  // sd-scripts' original spelling, still accepted there.
+  ['caption_extention', { to: 'caption_extension', tool: 'kohya' }],
+  ['network_train_unet_only', { to: 'train_text_encoder', tool: 'kohya', read: invert }],
 ]);
 
 const CANONICAL = new Set<string>(CONFIG_KEYS);
@@ -71,7 +84,7 @@ export function suggestKey(unknown: string): string | null {
   const typed = unknown.toLowerCase();
   let best: string | null = null;
   let bestDistance = Infinity;
-  for (const known of [...CONFIG_KEYS, ...KEY_ALIASES.keys()]) {
+  for (const known of [...CONFIG_KEYS, ...KEY_ALIASES.keys(), ...KOHYA_SETTING_NAMES]) {
     const distance = editDistance(typed, known);
     if (distance < bestDistance) {
       best = known;

@@ -2,6 +2,7 @@ import * as v from 'valibot';
 import { isMap, isScalar, LineCounter, parseDocument } from 'yaml';
 import { UserError } from '../errors';
 import { isConfigKey, KEY_ALIASES, suggestKey } from './aliases';
+import { readKohyaSettings } from './kohya-settings';
 import {
   CONFIG_KEYS,
   DEFAULT_CONFIG,
@@ -54,8 +55,22 @@ type Locate = (writtenKey: string) => Position | undefined;
 /** One value for a canonical key and the name it was written under. */
 interface Given {
   readonly from: string;
+  /** The value in our terms (an inverting alias's value already turned round). */
   readonly value: unknown;
+  /** The value as written, for messages that quote the file. */
+  readonly written: unknown;
 }
+
+/**
+ * Other tools' schedule names that are one of ours here, with why. LLaMA-Factory and kohya spell
+ * "constant with warmup" as its own schedule, but warmup_steps applies to every schedule here; kohya's
+ * cosine_with_restarts with its default single cycle is exactly cosine (more cycles are refused in
+ * kohya-settings.ts).
+ */
+const SCHEDULE_SYNONYMS: ReadonlyMap<string, { to: RunConfig['lr_scheduler']; why: string }> = new Map([
+  ['constant_with_warmup', { to: 'constant', why: 'warmup_steps applies to every schedule' }],
+  ['cosine_with_restarts', { to: 'cosine', why: 'one cycle, as kohya runs it by default, is plain cosine' }],
+]);
 
 /** Values as short, unambiguous text: strings quoted so `"8"` and `8` read differently. */
 function show(value: unknown): string {
@@ -116,6 +131,8 @@ function parseWithPositions(input: unknown, options: ParseOptions, locate: Locat
   const warnings: ConfigIssue[] = [];
   const aliases: AliasUse[] = [];
   const at = (writtenKey: string): Partial<Position> => locate(writtenKey) ?? {};
+  // kohya settings without a key here (optimizer_type, clip_skip, output_name, …) are read first.
+  const kohya = readKohyaSettings(input);
 
   // Issues are listed in the order their keys were written, so a list of them reads down the file;
   // rules across keys come last.
@@ -125,10 +142,15 @@ function parseWithPositions(input: unknown, options: ParseOptions, locate: Locat
     const rank = from === undefined ? written.length : written.indexOf(from);
     ranked.push({ rank, issue: from === undefined ? issue : { ...issue, ...at(from) } });
   };
+  for (const finding of kohya.findings) {
+    const issue = { key: finding.key, message: finding.message };
+    if (finding.kind === 'issue') report(issue, finding.key);
+    else warnings.push({ ...issue, ...at(finding.key) });
+  }
 
   // 1. Map every written key to its canonical key; unknown keys are reported with the nearest name.
   const given = new Map<RunConfigKey, Given[]>();
-  for (const [from, value] of Object.entries(input)) {
+  for (const [from, value] of Object.entries(kohya.rest)) {
     // `sweep:` is not a run key: it lists values to try, and sweep.ts checks and expands it.
     if (from === SWEEP_KEY) continue;
     const alias = KEY_ALIASES.get(from);
@@ -142,7 +164,8 @@ function parseWithPositions(input: unknown, options: ParseOptions, locate: Locat
       continue;
     }
     if (alias) aliases.push({ from, to: key });
-    given.set(key, [...(given.get(key) ?? []), { from, value }]);
+    const ours = alias?.read && from !== key ? alias.read(value) : value;
+    given.set(key, [...(given.get(key) ?? []), { from, value: ours, written: value }]);
   }
 
   // 2. One value per key. The same setting under two names is fine if they agree.
@@ -152,23 +175,18 @@ function parseWithPositions(input: unknown, options: ParseOptions, locate: Locat
     const first = sources?.[0];
     if (!sources || !first) continue;
     if (sources.some((s) => !sameSetting(key, s.value, first.value))) {
-      const both = sources.map((s) => `${s.from}: ${show(s.value)}`).join(' and ');
+      const both = sources.map((s) => `${s.from}: ${show(s.written)}`).join(' and ');
       report({ key, message: `given twice with different values (${both}); keep one` }, first.from);
       continue;
     }
     raw[key] = first;
   }
 
-  // LLaMA-Factory and kohya spell "constant with warmup" as its own schedule; here warmup_steps
-  // applies to every schedule, so it is plain `constant`.
   const scheduler = raw.lr_scheduler;
-  if (scheduler?.value === 'constant_with_warmup') {
-    raw.lr_scheduler = { from: scheduler.from, value: 'constant' };
-    warnings.push({
-      key: 'lr_scheduler',
-      message: 'constant_with_warmup read as constant (warmup_steps applies to every schedule)',
-      ...at(scheduler.from),
-    });
+  const synonym = typeof scheduler?.value === 'string' ? SCHEDULE_SYNONYMS.get(scheduler.value) : undefined;
+  if (scheduler && synonym) {
+    raw.lr_scheduler = { ...scheduler, value: synonym.to };
+    warnings.push({ key: 'lr_scheduler', message: `${String(scheduler.value)} read as ${synonym.to} (${synonym.why})`, ...at(scheduler.from) });
   }
 
   // 3. Check each key on its own so every bad value is reported, not just the first.
@@ -183,7 +201,9 @@ function parseWithPositions(input: unknown, options: ParseOptions, locate: Locat
     }
     const alias = entry.from === key ? '' : ` (written as ${entry.from})`;
     const remedy = entry.value === null ? `; remove the key to use the default (${showDefault(key)})` : '';
-    report({ key, message: `must be ${FIELD_RULES[key].accepts}, got ${show(entry.value)}${alias}${remedy}` }, entry.from);
+    const specific = FIELD_RULES[key].explain?.(entry.written);
+    const message = specific === undefined ? `must be ${FIELD_RULES[key].accepts}, got ${show(entry.written)}${alias}${remedy}` : `${specific}${alias}`;
+    report({ key, message }, entry.from);
   }
 
   // 4. Rules across keys, checked only where the keys involved are valid (or defaulted): a bad or
@@ -275,6 +295,20 @@ function collectWarnings(c: RunConfig): { key: RunConfigKey; message: string }[]
   }
   if (c.log_steps === 0) {
     out.push({ key: 'log_steps', message: '0 turns logging off: no loss curve and no event file' });
+  }
+  // Image runs. kohya trains the text encoder unless told not to; here it is off unless asked for, so
+  // a kohya config that sets only text_encoder_lr would silently lose it.
+  if (!c.train_text_encoder && c.text_encoder_lr !== null && c.text_encoder_lr > 0) {
+    out.push({
+      key: 'text_encoder_lr',
+      message: 'set, but train_text_encoder is false, so the text encoder is not trained; set train_text_encoder: true (or network_train_unet_only: false) to train it',
+    });
+  }
+  if (c.train_text_encoder && c.text_encoder_lr === 0) {
+    out.push({ key: 'text_encoder_lr', message: '0 leaves the text encoder untrained (as in kohya), although train_text_encoder is true' });
+  }
+  if (c.unet_lr === 0) {
+    out.push({ key: 'unet_lr', message: '0 means the UNet LoRA never changes; only the text encoder can learn' });
   }
   return out;
 }

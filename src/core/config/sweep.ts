@@ -171,7 +171,9 @@ export function expandSweep(
     const checked: SweptValue[] = [];
     list.forEach((item, i) => {
       const itemAt = at(positions.item(written, i) ?? positions.key(written));
-      const result = v.safeParse(RunConfigFields.entries[key] as v.GenericSchema<unknown, unknown>, item);
+      // An inverting alias (network_train_unet_only) lists its own values; turn them round like parse.ts.
+      const read = isConfigKey(written) ? undefined : KEY_ALIASES.get(written)?.read;
+      const result = v.safeParse(RunConfigFields.entries[key] as v.GenericSchema<unknown, unknown>, read ? read(item) : item);
       if (!result.success || item === null || item === undefined) {
         issues.push({ key: name, message: `must be ${FIELD_RULES[key].accepts}, got ${show(item)}`, ...itemAt });
       } else if (checked.some((c) => valuesEqual(c.value, result.output))) {

@@ -19,12 +19,28 @@ export type { Histogram } from './histogram';
  */
 export type ScalarEncoding = 'simple_value' | 'tensor_float' | 'tensor_double';
 
+/** Summary.Image.colorspace: 1 grayscale, 2 grayscale + alpha, 3 RGB, 4 RGBA, 5 digital YUV, 6 BGRA. */
+export type ImageColorspace = 1 | 2 | 3 | 4 | 5 | 6;
+
+/**
+ * The legacy Summary.Image that TensorBoard's Images tab shows: the encoded file (PNG for ours) with its pixel size
+ * and channel layout. TensorBoard serves `encoded` as is, so height and width must describe it.
+ */
+export interface SummaryImage {
+  readonly height: number;
+  readonly width: number;
+  readonly colorspace: ImageColorspace;
+  /** The image file's bytes (encoded_image_string), e.g. a PNG. */
+  readonly encoded: Uint8Array;
+}
+
 export type SummaryValue =
   | { tag: string; kind: 'scalar'; value: number; encoding?: ScalarEncoding }
   | { tag: string; kind: 'text'; text: string }
   | { tag: string; kind: 'histogram'; histogram: Histogram }
+  | { tag: string; kind: 'image'; image: SummaryImage }
   /**
-   * Anything else (images, audio, other plugins' tensors, text that is not UTF-8). `raw` is the whole
+   * Anything else (audio, images of an unknown colorspace, other plugins' tensors, text that is not UTF-8). `raw` is the whole
    * serialized Summary.Value, so it is written back byte for byte; `what` says what it is, for messages.
    */
   | { tag: string; kind: 'other'; what: string; raw: Uint8Array };
@@ -60,10 +76,16 @@ const SU_VALUE = 1;
 // Summary.Value
 const SV_TAG = 1;
 const SV_SIMPLE_VALUE = 2;
+const SV_IMAGE = 4;
 const SV_HISTO = 5;
 const SV_TENSOR = 8;
 const SV_METADATA = 9;
-const SV_OTHER_PAYLOADS: Readonly<Record<number, string>> = { 3: 'old-style histogram', 4: 'image', 6: 'audio' };
+const SV_OTHER_PAYLOADS: Readonly<Record<number, string>> = { 3: 'old-style histogram', 6: 'audio' };
+// Summary.Image
+const IM_HEIGHT = 1;
+const IM_WIDTH = 2;
+const IM_COLORSPACE = 3;
+const IM_ENCODED = 4;
 // SummaryMetadata and its PluginData
 const MD_PLUGIN_DATA = 1;
 const PD_PLUGIN_NAME = 1;
@@ -130,6 +152,19 @@ export function encodeHistogram(h: Histogram): Uint8Array {
   return w.finish();
 }
 
+export function encodeImage(image: SummaryImage): Uint8Array {
+  for (const [name, n] of [['height', image.height], ['width', image.width]] as const) {
+    // int32 fields: a size TensorBoard could not hold is a caller's bug, not something to wrap silently.
+    if (!Number.isInteger(n) || n < 1 || n > 0x7fffffff) throw new RangeError(`image ${name} ${n} is not a positive 32-bit integer`);
+  }
+  const w = new ProtoWriter();
+  w.uint(IM_HEIGHT, image.height);
+  w.uint(IM_WIDTH, image.width);
+  w.uint(IM_COLORSPACE, image.colorspace);
+  if (image.encoded.length > 0) w.bytes(IM_ENCODED, image.encoded);
+  return w.finish();
+}
+
 function encodeValue(v: SummaryValue): Uint8Array {
   if (v.kind === 'other') return v.raw;
   const w = new ProtoWriter();
@@ -157,6 +192,9 @@ function encodeValue(v: SummaryValue): Uint8Array {
       break;
     case 'histogram':
       w.bytes(SV_HISTO, encodeHistogram(v.histogram));
+      break;
+    case 'image':
+      w.bytes(SV_IMAGE, encodeImage(v.image));
       break;
   }
   return w.finish();
@@ -246,6 +284,34 @@ function decodeHistogram(bytes: Uint8Array, tag: string): Histogram {
     throw new DecodeError(`histogram "${tag}" has ${h.bucketLimits.length} bucket limits but ${h.buckets.length} buckets`);
   }
   return h;
+}
+
+/**
+ * A Summary.Image, or null when it is not one we can write back as read: a size that is not positive, a colorspace
+ * outside 1..6 (proto3 reads a missing one as 0), or a field given with another wire type.
+ */
+function decodeImage(bytes: Uint8Array): SummaryImage | null {
+  const r = new ProtoReader(bytes);
+  let height = 0;
+  let width = 0;
+  let colorspace = 0;
+  let encoded = new Uint8Array(0);
+  while (!r.done) {
+    const { field, wire } = r.key();
+    if (field === IM_HEIGHT || field === IM_WIDTH || field === IM_COLORSPACE) {
+      if (wire !== WIRE_VARINT) return null;
+      const n = r.int64();
+      if (field === IM_HEIGHT) height = n;
+      else if (field === IM_WIDTH) width = n;
+      else colorspace = n;
+    } else if (field === IM_ENCODED) {
+      if (wire !== WIRE_LEN) return null;
+      encoded = r.bytes().slice();
+    } else r.skip(wire);
+  }
+  const isColorspace = (c: number): c is ImageColorspace => Number.isInteger(c) && c >= 1 && c <= 6;
+  if (height < 1 || width < 1 || height > 0x7fffffff || width > 0x7fffffff || !isColorspace(colorspace)) return null;
+  return { height, width, colorspace, encoded };
 }
 
 interface TensorParts {
@@ -359,8 +425,8 @@ function decodeValue(bytes: Uint8Array, tagPlugins: Map<string, string>): Summar
     } else if (field === SV_SIMPLE_VALUE) {
       r.expect(wire, WIRE_I32, 'simple_value');
       payload = { field, bytes: null, simple: r.float() };
-    } else if (field === SV_HISTO || field === SV_TENSOR || field in SV_OTHER_PAYLOADS) {
-      r.expect(wire, WIRE_LEN, SV_OTHER_PAYLOADS[field] ?? (field === SV_HISTO ? 'histo' : 'tensor'));
+    } else if (field === SV_HISTO || field === SV_TENSOR || field === SV_IMAGE || field in SV_OTHER_PAYLOADS) {
+      r.expect(wire, WIRE_LEN, SV_OTHER_PAYLOADS[field] ?? (field === SV_HISTO ? 'histo' : field === SV_IMAGE ? 'image' : 'tensor'));
       payload = { field, bytes: r.bytes(), simple: 0 };
     } else if (field === SV_METADATA) {
       r.expect(wire, WIRE_LEN, 'summary metadata');
@@ -375,6 +441,10 @@ function decodeValue(bytes: Uint8Array, tagPlugins: Map<string, string>): Summar
   if (payload === null) return other('empty value');
   if (payload.field === SV_SIMPLE_VALUE) return { tag, kind: 'scalar', value: payload.simple, encoding: 'simple_value' };
   if (payload.field === SV_HISTO) return { tag, kind: 'histogram', histogram: decodeHistogram(payload.bytes!, tag) };
+  if (payload.field === SV_IMAGE) {
+    const image = decodeImage(payload.bytes!);
+    return image ? { tag, kind: 'image', image } : other('image with an invalid size or colorspace');
+  }
   if (payload.field === SV_TENSOR) {
     const t = decodeTensor(payload.bytes!);
     if (plugin === SCALARS_PLUGIN) {

@@ -3,10 +3,9 @@ import { UserError } from '../errors.js';
 import { loraLinear } from '../kernels/lora_linear.js';
 import { applyLinear, type Linear, type LinearApply } from '../models/linear.js';
 import type { CheckpointableApply, DrawMark } from '../models/checkpointing.js';
-import type { CausalLM } from '../models/model.js';
 import { dropoutMaskArray, streamKey, uniformArray } from '../random.js';
 import { isRowBlocks } from '../weights/row-blocks.js';
-import { loraScaling, selectTargets, validateLoraSettings, type LoraSettings } from './settings.js';
+import { loraScaling, selectTargets, validateLoraSettings, type LoraSettings, type LoraTargetable } from './settings.js';
 
 /** One adapted projection: y = base(x) + scaling · (dropout(x)·Aᵀ)·Bᵀ, shapes as PEFT stores them. */
 export interface LoraModule {
@@ -32,8 +31,9 @@ const INIT_STREAM = 1;
 const DROPOUT_STREAM = 2;
 
 /**
- * A LoRA adapter on a CausalLM, as Hugging Face PEFT defines it: for each targeted projection a
- * trainable A [r, in] and B [out, r], added to the frozen base as `scaling · B·A·dropout(x)`.
+ * A LoRA adapter on a model's projections (a CausalLM, a Stable Diffusion UNet or text encoder), as Hugging Face
+ * PEFT defines it: for each targeted projection a trainable A [r, in] and B [out, r], added to the frozen base as
+ * `scaling · B·A·dropout(x)`.
  * The adapter owns its variables (dispose() releases them), never the model's weights.
  */
 export class LoraAdapter {
@@ -54,7 +54,7 @@ export class LoraAdapter {
    * kaiming_uniform_(a=√5), which for a [r, in] matrix is U(-1/√in, 1/√in), and B = 0, so the
    * adapted model starts out computing exactly the base model. Same seed, same A.
    */
-  static create(model: CausalLM, settings: LoraSettings, seed: number): LoraAdapter {
+  static create(model: LoraTargetable<Linear>, settings: LoraSettings, seed: number): LoraAdapter {
     validateLoraSettings(settings);
     if (!Number.isSafeInteger(seed)) throw new Error(`LoraAdapter.create: seed ${seed} is not a safe integer`);
     const targets = selectTargets(model, settings.targetModules);
@@ -74,7 +74,7 @@ export class LoraAdapter {
    * An adapter with given values (an imported PEFT adapter, a restored checkpoint). `tensors` must
    * hold exactly the modules `settings.targetModules` selects, keyed by module path.
    */
-  static fromTensors(model: CausalLM, settings: LoraSettings, tensors: ReadonlyMap<string, LoraModuleTensors>): LoraAdapter {
+  static fromTensors(model: LoraTargetable<Linear>, settings: LoraSettings, tensors: ReadonlyMap<string, LoraModuleTensors>): LoraAdapter {
     validateLoraSettings(settings);
     const targets = selectTargets(model, settings.targetModules);
     const r = settings.rank;

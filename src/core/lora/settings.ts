@@ -60,12 +60,21 @@ export interface ProjectionShape {
 }
 
 /**
- * What target resolution and adapter checks read of a model: its config and its projections in module order. A
- * loaded CausalLM is one; so is a stored model's config with its projections (no weights loaded).
+ * What target resolution reads of a model: its projections in module order, its type for messages, and whether an
+ * output head shares the embedding's weight. A loaded CausalLM is one; so is a Stable Diffusion UNet or text encoder
+ * (adaptableModel in models/diffusion/lora-targets.ts).
  */
-export interface ModelShape<L extends ProjectionShape = ProjectionShape> {
-  readonly config: ModelConfig;
+export interface LoraTargetable<L extends ProjectionShape = ProjectionShape> {
+  readonly config: Pick<ModelConfig, 'modelType' | 'tiedEmbeddings'>;
   readonly linears: readonly L[];
+}
+
+/**
+ * What adapter checks read of a language model: its config and its projections in module order. A loaded CausalLM
+ * is one; so is a stored model's config with its projections (no weights loaded).
+ */
+export interface ModelShape<L extends ProjectionShape = ProjectionShape> extends LoraTargetable<L> {
+  readonly config: ModelConfig;
 }
 
 /** PEFT's test for a list of target names (check_target_module_exists): exact path, or a suffix after a dot. */
@@ -78,7 +87,7 @@ export function moduleMatches(path: string, target: string): boolean {
  * so adapting it would also change the embedding lookup in a merged model, which PEFT's LoRA on
  * lm_head does not do.
  */
-function adaptableLinears<L extends ProjectionShape>(model: ModelShape<L>): readonly L[] {
+function adaptableLinears<L extends ProjectionShape>(model: LoraTargetable<L>): readonly L[] {
   return model.config.tiedEmbeddings ? model.linears.filter((l) => l.path !== 'lm_head') : model.linears;
 }
 
@@ -92,7 +101,7 @@ export function moduleNames(linears: readonly ProjectionShape[]): string[] {
  * instead of throwing so callers can name the right subject (a settings field or an uploaded file).
  */
 export function resolveTargets<L extends ProjectionShape>(
-  model: ModelShape<L>,
+  model: LoraTargetable<L>,
   targets: LoraSettings['targetModules'],
 ): { linears: L[] } | { problem: string; fix: string } {
   if (targets === 'all-linear') {
@@ -127,7 +136,7 @@ export function resolveTargets<L extends ProjectionShape>(
  * projection except lm_head). A name that matches nothing is a UserError listing the module names the
  * model has, since a typo would otherwise silently train nothing.
  */
-export function selectTargets<L extends ProjectionShape>(model: ModelShape<L>, targets: LoraSettings['targetModules']): L[] {
+export function selectTargets<L extends ProjectionShape>(model: LoraTargetable<L>, targets: LoraSettings['targetModules']): L[] {
   const r = resolveTargets(model, targets);
   if ('problem' in r) throw new UserError('target_modules', r.problem, r.fix);
   return r.linears;

@@ -5,7 +5,7 @@
  */
 export { type Dtype, BYTES_PER_ELEMENT, toFloat32 } from './dtype';
 export { type ByteSource, bytesSource, blobSource } from './source';
-export { type TensorEntry, type SafetensorsHeader, readHeader, readTensorBytes } from './read';
+export { type TensorEntry, type SafetensorsHeader, type SkippedTensorEntry, readHeader, readTensorBytes } from './read';
 export { type TensorToWrite, type TensorLayoutEntry, type SafetensorsLayout, safetensorsLayout, writeSafetensors } from './write';
 export { fromFloat32 } from './encode';
 export { FiniteScan, firstNonFinite } from './finite';

@@ -18,7 +18,21 @@ export interface SafetensorsHeader {
   /** sorted by begin */
   readonly tensors: readonly TensorEntry[];
   readonly metadata: Readonly<Record<string, string>>;
+  /** Integer and bool tensors passed over (only with `skipIntegerTensors`; otherwise they are refused): never loaded. */
+  readonly skipped: readonly SkippedTensorEntry[];
 }
+
+/** An integer or bool tensor a header was read past, e.g. the I64 `position_ids` buffer of SD 1.x text encoders. */
+export interface SkippedTensorEntry {
+  readonly name: string;
+  readonly dtype: string;
+  readonly shape: readonly number[];
+  readonly begin: number;
+  readonly end: number;
+}
+
+/** Bytes per element of the integer dtypes `skipIntegerTensors` passes over (they still must tile the data section). */
+const INTEGER_DTYPE_BYTES: Readonly<Record<string, number>> = { BOOL: 1, U8: 1, I8: 1, I16: 2, U16: 2, I32: 4, U32: 4, I64: 8, U64: 8 };
 
 /** Same limit as the reference implementation: a real header is kilobytes; more means garbage in the length. */
 export const MAX_HEADER_BYTES = 100_000_000;
@@ -79,7 +93,7 @@ function parseMetadata(file: string, raw: unknown): Record<string, string> {
 }
 
 /** Validates one entry in isolation; `dataStart` turns its relative offsets into absolute ones. */
-function parseTensor(file: string, name: string, raw: unknown, dataStart: number): TensorEntry {
+function parseTensor(file: string, name: string, raw: unknown, dataStart: number, skipIntegers: boolean): TensorEntry | SkippedTensorEntry {
   const t = `tensor ${JSON.stringify(name)}`;
   if (!isObject(raw)) {
     throw new UserError(file, `${t} must be an object with "dtype", "shape" and "data_offsets", but it is ${describe(raw)}; ${NOT_SAFETENSORS}`);
@@ -93,7 +107,8 @@ function parseTensor(file: string, name: string, raw: unknown, dataStart: number
   }
   // Checked before the shape and offsets: an unsupported dtype (a quantized model) is the likeliest real-world
   // problem, and its message tells the person what to do.
-  if (!isSupportedDtype(dtype)) {
+  const integerBytes = skipIntegers ? INTEGER_DTYPE_BYTES[dtype] : undefined;
+  if (!isSupportedDtype(dtype) && integerBytes === undefined) {
     const known = OTHER_SAFETENSORS_DTYPES.has(dtype);
     throw new UserError(
       file,
@@ -121,7 +136,7 @@ function parseTensor(file: string, name: string, raw: unknown, dataStart: number
   }
   let elements = 1;
   for (const d of shape) elements *= d;
-  const needed = elements * BYTES_PER_ELEMENT[dtype];
+  const needed = elements * (isSupportedDtype(dtype) ? BYTES_PER_ELEMENT[dtype] : integerBytes!);
   // An unsafe product cannot equal a real offset span, but say so explicitly rather than print a rounded number.
   if (!Number.isSafeInteger(needed)) {
     throw new UserError(file, `${t} has shape [${shape.join(', ')}], which is impossibly large; ${NOT_SAFETENSORS}`);
@@ -141,7 +156,7 @@ function parseTensor(file: string, name: string, raw: unknown, dataStart: number
  * with the same strictness as the Python library (tensors must tile the data section exactly), so a file we accept
  * loads everywhere else too and a truncated download is caught before any training starts.
  */
-export async function readHeader(source: ByteSource): Promise<SafetensorsHeader> {
+export async function readHeader(source: ByteSource, opts?: { readonly skipIntegerTensors?: boolean }): Promise<SafetensorsHeader> {
   const file = source.name;
   if (source.size < 8) {
     throw new UserError(
@@ -191,10 +206,10 @@ export async function readHeader(source: ByteSource): Promise<SafetensorsHeader>
   }
 
   let metadata: Record<string, string> = {};
-  const tensors: TensorEntry[] = [];
+  const tensors: (TensorEntry | SkippedTensorEntry)[] = [];
   for (const [name, raw] of Object.entries(json)) {
     if (name === '__metadata__') metadata = parseMetadata(file, raw);
-    else tensors.push(parseTensor(file, name, raw, dataStart));
+    else tensors.push(parseTensor(file, name, raw, dataStart, opts?.skipIntegerTensors === true));
   }
   // Zero-size tensors share an offset with their neighbour; ordering ties by end then name keeps the result stable.
   tensors.sort((a, b) => a.begin - b.begin || a.end - b.end || (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
@@ -213,7 +228,7 @@ export async function readHeader(source: ByteSource): Promise<SafetensorsHeader>
     }
   }
   let cursor = dataStart;
-  let previous: TensorEntry | undefined;
+  let previous: TensorEntry | SkippedTensorEntry | undefined;
   for (const t of tensors) {
     if (t.begin < cursor && previous) {
       throw new UserError(
@@ -247,7 +262,8 @@ export async function readHeader(source: ByteSource): Promise<SafetensorsHeader>
   return Object.freeze({
     file,
     dataStart,
-    tensors: Object.freeze(tensors.map((t) => Object.freeze(t))),
+    tensors: Object.freeze(tensors.filter((t): t is TensorEntry => isSupportedDtype(t.dtype)).map((t) => Object.freeze(t))),
+    skipped: Object.freeze(tensors.filter((t) => !isSupportedDtype(t.dtype)).map((t) => Object.freeze(t))),
     metadata: Object.freeze(metadata),
   });
 }

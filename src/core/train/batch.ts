@@ -27,11 +27,14 @@ export interface LossContext {
   readonly pass: number;
 }
 
-/** Mean loss of a batch over its unmasked targets, differentiable in the trained variables. */
-export type LossFn = (batch: Batch, ctx: LossContext) => tf.Scalar;
+/**
+ * Mean loss of a batch over what counts in it (its unmasked targets; its images), differentiable in the trained
+ * variables. B is the batch kind: token windows by default.
+ */
+export type LossFn<B = Batch> = (batch: B, ctx: LossContext) => tf.Scalar;
 
-/** The same without randomness (no dropout), for evaluation. */
-export type EvalLossFn = (batch: Batch) => tf.Scalar;
+/** The same without randomness (no dropout, fixed noise), for evaluation. */
+export type EvalLossFn<B = Batch> = (batch: B) => tf.Scalar;
 
 /** Uploads windows `indices` as one batch. Release it with disposeBatch. */
 export function uploadBatch(windows: WindowSet, indices: readonly number[]): Batch {

@@ -27,3 +27,19 @@ export function composeCallbacks(...sets: readonly TrainerCallbacks[]): TrainerC
     },
   };
 }
+
+/**
+ * Callbacks for a Trainer whose callbacks need the trainer itself (its totalSteps, its plan): each hook forwards to
+ * what `current()` returns when the hook runs, so the real set can be built after the trainer is.
+ */
+export function lateCallbacks(current: () => TrainerCallbacks): TrainerCallbacks {
+  return {
+    onStepEnd: (m) => current().onStepEnd?.(m),
+    onSkip: (s) => current().onSkip?.(s),
+    onLog: (m) => current().onLog?.(m),
+    onEval: (e) => current().onEval?.(e),
+    onSave: (s) => current().onSave?.(s),
+    onCheckpoint: (c, reason) => current().onCheckpoint?.(c, reason),
+    onTrainEnd: (r) => current().onTrainEnd?.(r),
+  };
+}

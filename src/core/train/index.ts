@@ -2,6 +2,7 @@ export * from './adamw.js';
 export * from './batch.js';
 export * from './clip.js';
 export * from './evaluate.js';
+export * from './examples.js';
 export * from './loss-fns.js';
 export * from './schedule.js';
 export * from './trainer.js';

@@ -1,13 +1,12 @@
 import * as tf from '@tensorflow/tfjs';
-import { batchOrder, type WindowSet } from '../data/packing.js';
+import { batchOrder } from '../data/packing.js';
 import { UserError } from '../errors.js';
 import { AdamW, type PendingUpdate } from './adamw.js';
-import { disposeBatch, uploadBatch, type EvalLossFn, type LossContext, type LossFn } from './batch.js';
+import type { Batch, EvalLossFn, LossContext, LossFn } from './batch.js';
 import {
   checkResumable,
   readParams,
   restoreParams,
-  windowsFingerprint,
   type BestEval,
   type DataPosition,
   type TrainerCheckpoint,
@@ -15,6 +14,7 @@ import {
 } from './checkpoint.js';
 import { clipByGlobalNorm } from './clip.js';
 import { evaluate } from './evaluate.js';
+import type { ExampleSet } from './examples.js';
 import { learningRateAt, type Scheduler } from './schedule.js';
 
 export interface StepMetrics {
@@ -28,7 +28,10 @@ export interface StepMetrics {
   readonly learningRate: number;
   /** Global gradient norm before clipping. */
   readonly gradNorm: number;
-  /** Input tokens (padding-free windows, masked ones included) per second over recent steps. */
+  /**
+   * Throughput over recent steps: input tokens per second for windows (padding-free, masked ones included), images
+   * per second for an image set (ExampleSet.throughputUnitsPerExample).
+   */
   readonly tokensPerSecond: number;
   /** Estimated from the mean step time so far; excludes evaluation and paused time. */
   readonly secondsLeft: number;
@@ -142,13 +145,14 @@ export interface TrainerOptions {
   readonly seed: number;
 }
 
-export interface TrainerInit {
+export interface TrainerInit<B = Batch> {
   /** What the optimizer updates: LoRA A/B, or every weight of a model trained from scratch. */
   readonly variables: readonly tf.Variable[];
-  readonly lossFn: LossFn;
-  readonly train: WindowSet;
-  /** Validation data; skipped when absent or without a single window. */
-  readonly eval?: { readonly windows: WindowSet; readonly lossFn: EvalLossFn } | null;
+  readonly lossFn: LossFn<B>;
+  /** The training examples: token windows (windowExamples) or an image set's latents. */
+  readonly train: ExampleSet<B>;
+  /** Validation data; skipped when absent or when nothing in it counts (no example, no unmasked target). */
+  readonly eval?: { readonly examples: ExampleSet<B>; readonly lossFn: EvalLossFn<B> } | null;
   readonly options: TrainerOptions;
   readonly callbacks?: TrainerCallbacks;
   /**
@@ -182,7 +186,7 @@ const THROUGHPUT_WINDOW = 10;
  * The trainer owns only its optimizer state, released when run() finishes; the variables, the
  * loss functions and what they close over stay the caller's.
  */
-export class Trainer {
+export class Trainer<B = Batch> {
   readonly stepsPerEpoch: number;
   readonly totalSteps: number;
   private readonly microBatchesPerEpoch: number;
@@ -193,7 +197,7 @@ export class Trainer {
   private planValue: TrainingPlan | null = null;
   private best: BestEval | null = null;
 
-  constructor(private readonly init: TrainerInit) {
+  constructor(private readonly init: TrainerInit<B>) {
     const o = init.options;
     this.opts = {
       ...o,
@@ -227,11 +231,8 @@ export class Trainer {
     if (!(p.learningRate >= 0) || !Number.isFinite(p.learningRate)) throw new RangeError(`learningRate must be finite and ≥ 0, got ${p.learningRate}`);
     if (init.variables.length === 0) throw new Error('Trainer needs at least one variable to train');
     if (init.train.count === 0) {
-      throw new UserError(
-        'training data',
-        `has fewer than ${init.train.seqLen + 1} tokens, not enough for a single training window.`,
-        'Add more text or lower the sequence length.',
-      );
+      const { subject, problem, fix } = init.train.emptyProblem;
+      throw new UserError(subject, problem, fix);
     }
     // The last optimizer step of an epoch takes whatever micro-batches remain, so no window is
     // left out of an epoch.
@@ -253,8 +254,8 @@ export class Trainer {
       gradAccumSteps: p.gradAccumSteps,
       totalSteps: this.totalSteps,
       windows: this.init.train.count,
-      seqLen: this.init.train.seqLen,
-      dataFingerprint: windowsFingerprint(this.init.train),
+      seqLen: this.init.train.exampleSize,
+      dataFingerprint: this.init.train.fingerprint(),
     };
     return this.planValue;
   }
@@ -402,7 +403,7 @@ export class Trainer {
           step++;
           next = { epoch, microBatch: first + p.gradAccumSteps };
           trainSeconds += seconds;
-          recent.push({ tokens: group.reduce((n, b) => n + b.length, 0) * train.seqLen, seconds });
+          recent.push({ tokens: group.reduce((n, b) => n + b.length, 0) * train.throughputUnitsPerExample, seconds });
           if (recent.length > THROUGHPUT_WINDOW) recent.shift();
           const recentSeconds = recent.reduce((s, r) => s + r.seconds, 0);
           const metrics: StepMetrics = {
@@ -453,8 +454,9 @@ export class Trainer {
 
   private async evaluateNow(step: number): Promise<void> {
     const ev = this.init.eval;
-    if (!ev || ev.windows.count === 0 || ev.windows.targetTokens === 0) return;
-    const { loss } = await evaluate(ev.windows, ev.lossFn, this.opts.evalBatchSize);
+    if (!ev || ev.examples.count === 0) return;
+    const { loss, weight } = await evaluate(ev.examples, ev.lossFn, this.opts.evalBatchSize);
+    if (weight === 0) return;
     // Tracked here so a checkpoint carries it: early stopping after a resume counts from where it was.
     const improved = this.best === null || loss < this.best.loss;
     this.best = improved ? { step, loss, evalsSince: 0 } : { ...this.best!, evalsSince: this.best!.evalsSince + 1 };
@@ -512,8 +514,8 @@ export class Trainer {
 }
 
 /**
- * The gradients of one optimizer step over the micro-batches `group` (lists of window indices), token-weighted
- * as Hugging Face's Trainer accumulates them: the step's loss is the sum of every unmasked target's loss over all
+ * The gradients of one optimizer step over the micro-batches `group` (lists of example indices), weighted as
+ * Hugging Face's Trainer accumulates them (ExampleSet.weightOf: unmasked targets for windows, 1 per image): the step's loss is the sum of every unmasked target's loss over all
  * the micro-batches, divided by the number of those targets. Each micro-batch's loss is a mean over its own
  * targets, so it (and its gradient) is weighted by its share of the step's targets, n_i / N. That is the same as
  * one batch holding every window, whatever the masks; a plain mean of micro-batch means is not, when masks (chat
@@ -523,17 +525,17 @@ export class Trainer {
  * `firstPass` numbers the forward passes for LossContext.pass (a skipped micro-batch keeps its number).
  * Returns new tensors, aligned with `variables`, for the caller to dispose.
  */
-export function accumulateGradients(
+export function accumulateGradients<B>(
   variables: readonly tf.Variable[],
-  lossFn: LossFn,
-  windows: WindowSet,
+  lossFn: LossFn<B>,
+  examples: ExampleSet<B>,
   group: readonly (readonly number[])[],
   step: number,
   firstPass: number,
 ): { grads: tf.Tensor[]; loss: tf.Scalar } {
   if (group.length === 0) throw new Error('accumulateGradients: no micro-batches');
   // Counted on the host from the masks, so the weights need no readback.
-  const counts = group.map((indices) => targetTokensOf(windows, indices));
+  const counts = group.map((indices) => examples.weightOf(indices));
   const total = counts.reduce((n, c) => n + c, 0);
   let sum: tf.Tensor[] | null = null;
   let lossSum: tf.Scalar | null = null;
@@ -541,7 +543,7 @@ export function accumulateGradients(
     group.forEach((indices, microBatch) => {
       const weight = group.length === 1 ? 1 : counts[microBatch]! / total;
       if (weight === 0 || Number.isNaN(weight)) return;
-      const batch = uploadBatch(windows, indices);
+      const batch = examples.upload(indices);
       try {
         const ctx: LossContext = { step, microBatch, pass: firstPass + microBatch };
         // variableGrads frees the forward pass's intermediates itself; only value and grads survive.
@@ -564,7 +566,7 @@ export function accumulateGradients(
           tf.dispose([...prev, prevLoss, ...weighted.list, weighted.loss]);
         }
       } finally {
-        disposeBatch(batch);
+        examples.release(batch);
       }
     });
     const grads = sum as tf.Tensor[] | null;
@@ -577,14 +579,6 @@ export function accumulateGradients(
     if (lossSum) tf.dispose(lossSum as tf.Scalar);
     throw e;
   }
-}
-
-/** Unmasked targets in the windows `indices` (what gatherWindows counts, without building the batch). */
-function targetTokensOf(windows: WindowSet, indices: readonly number[]): number {
-  const s = windows.seqLen;
-  let n = 0;
-  for (const w of indices) for (let t = w * s; t < w * s + s; t++) n += windows.mask[t]!;
-  return n;
 }
 
 /** A flat window order cut into micro-batches of batchSize, as batchOrder cuts its own. */

@@ -6,6 +6,7 @@ import { parseModelConfig } from '../../../src/core/models/config';
 import { expectedTensors } from '../../../src/core/models/manifest';
 import { buildModel } from '../../../src/core/models/model';
 import { loraLossFn } from '../../../src/core/train/loss-fns';
+import { windowExamples } from '../../../src/core/train/examples';
 import { Trainer } from '../../../src/core/train/trainer';
 import { takePrograms, webgpu, withErrorScope } from './webgpu-page';
 
@@ -47,7 +48,7 @@ export async function trainSteps(config: Record<string, unknown>, fused: boolean
       const trainer = new Trainer({
         variables: adapter.variables(),
         lossFn: loraLossFn(model, adapter, 3),
-        train: trainWindows(packStream([{ ids }], null), 24),
+        train: windowExamples(trainWindows(packStream([{ ids }], null), 24)),
         options: { batchSize: 4, maxSteps: 4, learningRate: 1e-2, scheduler: 'constant', seed: 5, maxGradNorm: 1 },
         callbacks: {
           onStepEnd: (m) => {

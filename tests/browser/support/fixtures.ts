@@ -4,6 +4,9 @@ import { fileURLToPath } from 'node:url';
 /** ../shared/fixtures/models, read in place (never copied into the repo). */
 export const MODELS_DIR = fileURLToPath(new URL('../../../../shared/fixtures/models/', import.meta.url));
 
+/** ../shared/fixtures/sd: the tiny Stable Diffusion 1.x pipeline and its captioned image sets. */
+export const SD_DIR = fileURLToPath(new URL('../../../../shared/fixtures/sd/', import.meta.url));
+
 export interface ExpectedOutputs {
   readonly text: string;
   readonly tokens: number[];

@@ -73,3 +73,20 @@ export function decodePng(bytes: Uint8Array): DecodedPng {
     },
   };
 }
+
+/**
+ * decodePng's pixels as width × height × 4 RGBA bytes (alpha 255), the shape an ImageDecoder returns. RGB PNGs
+ * only: decodePng drops an alpha channel, so an RGBA PNG is refused rather than read as opaque.
+ */
+export function decodePngRgba(bytes: Uint8Array): { width: number; height: number; rgba: Uint8Array } {
+  const png = decodePng(bytes);
+  const colourType = bytes[25]; // IHDR's data starts at byte 16, and the colour type is its 10th byte
+  if (colourType !== 2) throw new Error(`decodePngRgba reads RGB PNGs (colour type 2), not colour type ${colourType}`);
+  const rgba = new Uint8Array(png.width * png.height * 4);
+  for (let y = 0; y < png.height; y++) {
+    for (let x = 0; x < png.width; x++) {
+      rgba.set([...png.pixel(x, y), 255], (y * png.width + x) * 4);
+    }
+  }
+  return { width: png.width, height: png.height, rgba };
+}

@@ -1,0 +1,194 @@
+import { runConfigToYaml, runName, trainerOptionsOf, type RunConfig } from '../config/index.js';
+import { diagnosisCallbacks } from '../diagnose/callbacks.js';
+import type { Finding } from '../diagnose/types.js';
+import type { KohyaDatasetDir, TagFrequency } from '../export/kohya-lora.js';
+import { diagnosisJson, metricsCsv, type MetricsCsvRow } from '../export/run-files.js';
+import { EventFileWriter } from '../logging/writer.js';
+import { tensorBoardCallbacks } from '../logging/tensorboard-callbacks.js';
+import { LoraAdapter } from '../lora/adapter.js';
+import type { LoraSettings } from '../lora/settings.js';
+import { loraTargetsOf } from '../models/diffusion/lora-targets.js';
+import type { NoiseSchedule } from '../models/diffusion/noise.js';
+import type { SamplingPipeline } from '../models/diffusion/sample.js';
+import { composeCallbacks, lateCallbacks } from '../train/callbacks.js';
+import type { LossFn } from '../train/batch.js';
+import { trainingImages, validationImages, type CachedImageSet, type ImageBatch } from '../train/image-examples.js';
+import { imageLoraEvalLossFn, imageLoraLossFn } from '../train/image-loss-fns.js';
+import { Trainer, type EndReason, type TrainerCallbacks, type TrainerOptions } from '../train/trainer.js';
+import { imageAdapterFiles, unetModulesOf } from './adapter-files.js';
+import { sampler, samplePath, sampleTag, type RunSample } from './samples.js';
+
+/** kohya's and diffusers' default LoRA targets on the SD UNet: the attention projections. */
+export const DEFAULT_UNET_TARGETS: readonly string[] = ['to_q', 'to_k', 'to_v', 'to_out.0'];
+
+/** What a finished image run hands the place that keeps it (IndexedDB in the app, memory in tests). */
+export interface ImageRunSink {
+  /** A training row (every step) or an evaluation row, as metrics.csv holds them. */
+  metric(row: MetricsCsvRow): void | Promise<void>;
+  /** Event-file bytes written since the last call (the TensorBoard log grows as the run goes). */
+  log(bytes: Uint8Array): void | Promise<void>;
+  /** A file of the run's output folder, e.g. `samples/10_0.png` or `adapter_model.safetensors`. */
+  file(path: string, bytes: Uint8Array | string): void | Promise<void>;
+  /** Findings whenever the diagnosis changes its mind. */
+  findings?(findings: readonly Finding[]): void | Promise<void>;
+  /** A sample image as it is made, for a live gallery. */
+  sample?(sample: RunSample): void | Promise<void>;
+}
+
+export interface ImageRunInput {
+  readonly config: RunConfig;
+  readonly pipeline: SamplingPipeline;
+  readonly schedule: NoiseSchedule;
+  readonly train: CachedImageSet;
+  readonly val: CachedImageSet | null;
+  /** The base model's name as the person knows it (the folder name), for the adapter's notes. */
+  readonly baseModelName: string;
+  /** The image folders and their tags, for the kohya file's ss_* notes. */
+  readonly dataset: { readonly dirs: readonly KohyaDatasetDir[]; readonly tagFrequency: TagFrequency };
+  /** More callbacks (live events, measurement), run before the run's own. */
+  readonly callbacks?: readonly TrainerCallbacks[];
+  /** Wall-clock seconds; injectable so tests get the same bytes twice. */
+  readonly clock?: () => number;
+  /** Reached when the run is built, before it trains: the caller's handle for pause, resume and stop. */
+  readonly onTrainer?: (run: { readonly trainer: Trainer<unknown>; readonly trainableParameters: number }) => void;
+  /** Wraps the training loss, e.g. to time each step (the worker's run_summary.json). */
+  readonly measureLoss?: (inner: LossFn<ImageBatch>) => LossFn<ImageBatch>;
+}
+
+export interface ImageRunResult {
+  readonly reason: EndReason;
+  readonly steps: number;
+  readonly findings: readonly Finding[];
+  readonly trainableParameters: number;
+}
+
+/** LoRA settings of an image run: the UNet's attention projections unless target_modules says otherwise. */
+export function imageLoraSettings(config: RunConfig): LoraSettings {
+  const targets = config.target_modules ?? DEFAULT_UNET_TARGETS;
+  return { rank: config.lora_rank, alpha: config.lora_alpha, dropout: config.lora_dropout, targetModules: targets === 'all-linear' ? targets : [...targets], useRslora: config.use_rslora };
+}
+
+/**
+ * An image LoRA run start to finish on cached latents: a UNet LoRA trained on the denoising loss (kohya's noise
+ * draws, noise offset and min-SNR weighting), the fixed-noise validation loss every eval_steps, the curves diagnosed
+ * live, a TensorBoard log with scalars and sample images every sample_steps (and at the end), and the output folder:
+ * `<run name>.safetensors` (kohya), the PEFT folder files, config.yaml, metrics.csv, diagnosis.json, samples/.
+ * DOM-free; the worker and the tests give it their own sink.
+ */
+export async function trainImageLora(input: ImageRunInput, sink: ImageRunSink): Promise<ImageRunResult> {
+  const { config, pipeline, schedule } = input;
+  const now = input.clock ?? (() => Date.now() / 1000);
+  const started = now();
+  const settings = imageLoraSettings(config);
+  const adapter = LoraAdapter.create(loraTargetsOf(pipeline.unet, 'sd-unet'), settings, config.seed);
+  try {
+    const parts = { unet: pipeline.unet, schedule, unetAdapter: adapter };
+    const samples = config.sample_prompts.length > 0 ? sampler(pipeline, config) : null;
+    const measured = input.measureLoss ?? ((inner: LossFn<ImageBatch>) => inner);
+    // The callbacks need the trainer's step count; they are built after it and read late.
+    let callbacks: TrainerCallbacks = {};
+    const trainer = new Trainer({
+      variables: adapter.variables(),
+      lossFn: measured(imageLoraLossFn(parts, { seed: config.seed, noiseOffset: config.noise_offset, minSnrGamma: config.min_snr_gamma })),
+      train: trainingImages(input.train),
+      eval: input.val && input.val.examples.length > 0 ? { examples: validationImages(input.val, config.seed, schedule.numTrainTimesteps), lossFn: imageLoraEvalLossFn(parts) } : null,
+      options: trainerOptionsOfImageRun(config),
+      callbacks: lateCallbacks(() => callbacks),
+    });
+    input.onTrainer?.({ trainer: trainer as Trainer<unknown>, trainableParameters: adapter.parameterCount() });
+
+    const rows: MetricsCsvRow[] = [];
+    const keep = async (row: MetricsCsvRow) => {
+      rows.push(row);
+      await sink.metric(row);
+    };
+    const writer = config.log_steps > 0 ? new EventFileWriter() : null;
+    const sets: TrainerCallbacks[] = [...(input.callbacks ?? [])];
+    sets.push({
+      onStepEnd: (m) =>
+        keep({ step: m.step, epoch: m.epoch, loss: m.loss, learningRate: m.learningRate, gradNorm: m.gradNorm, evalLoss: null, tokensPerSecond: m.tokensPerSecond, skippedSteps: m.skippedSteps }),
+      onEval: (e) => keep({ step: e.step, epoch: null, loss: null, learningRate: null, gradNorm: null, evalLoss: e.loss, tokensPerSecond: null }),
+    });
+    let logger: ReturnType<typeof tensorBoardCallbacks> | null = null;
+    if (writer) {
+      writer.writeFileVersion(started);
+      writer.addText('config', runConfigToYaml(config), 0, started);
+      await sink.log(writer.takePending());
+      logger = tensorBoardCallbacks({ writer, flush: async (bytes) => sink.log(bytes), clock: now });
+      sets.push(logger);
+    }
+    const diagnosis = diagnosisCallbacks({ totalSteps: trainer.totalSteps, onFindings: (f) => sink.findings?.(f) });
+    sets.push(diagnosis);
+
+    const takeSamples = async (step: number): Promise<void> => {
+      if (!samples) return;
+      for (const s of await samples.sample(step, adapter.apply({ training: false }))) {
+        await sink.file(samplePath(s.step, s.index), s.png);
+        await sink.sample?.(s);
+        if (writer) {
+          writer.addEvent({ kind: 'summary', wallTime: now(), step: s.step, values: [{ tag: sampleTag(s.index), kind: 'image', image: { width: s.width, height: s.height, colorspace: 3, encoded: s.png } }] });
+          await sink.log(writer.takePending());
+        }
+      }
+    };
+    let sampledAt = -1;
+    if (samples && config.sample_steps > 0) {
+      sets.push({
+        async onStepEnd(m) {
+          if (m.step % config.sample_steps !== 0) return;
+          sampledAt = m.step;
+          await takeSamples(m.step);
+        },
+      });
+    }
+    callbacks = composeCallbacks(...sets);
+
+    const end = await trainer.run();
+    // The samples of the finished adapter, unless the last step already made them.
+    if (end.step !== sampledAt) await takeSamples(end.step);
+
+    const name = runName(config);
+    const files = await imageAdapterFiles(await unetModulesOf(adapter), {
+      runName: name,
+      unet: pipeline.unet,
+      targetModules: settings.targetModules === 'all-linear' ? pipeline.unet.linears.map((l) => l.path) : settings.targetModules,
+      baseModelName: input.baseModelName,
+      notes: {
+        networkDim: settings.rank,
+        networkAlpha: settings.alpha,
+        resolution: { width: config.resolution, height: config.resolution },
+        datasetDirs: input.dataset.dirs,
+        tagFrequency: input.dataset.tagFrequency,
+        learningRate: config.learning_rate,
+        unetLr: config.unet_lr,
+        textEncoderLr: null,
+        maxTrainSteps: trainer.totalSteps,
+        steps: end.step,
+        epoch: Math.ceil(end.step / trainer.stepsPerEpoch),
+        numEpochs: Math.ceil(trainer.totalSteps / trainer.stepsPerEpoch),
+        seed: config.seed,
+        outputName: name,
+        trainingStartedAtMs: started * 1000,
+        trainingFinishedAtMs: now() * 1000,
+        sdModelName: input.baseModelName,
+        clipSkip: null,
+        noiseOffset: config.noise_offset > 0 ? config.noise_offset : null,
+        minSnrGamma: config.min_snr_gamma > 0 ? config.min_snr_gamma : null,
+        trainingComment: 'trained with LoRA Lab',
+      },
+    });
+    for (const [path, bytes] of Object.entries(files)) await sink.file(path, bytes);
+    const findings = diagnosis.findings();
+    await sink.file('config.yaml', runConfigToYaml(config));
+    await sink.file('metrics.csv', metricsCsv(rows));
+    await sink.file('diagnosis.json', diagnosisJson(findings));
+    return { reason: end.reason, steps: end.step, findings, trainableParameters: adapter.parameterCount() };
+  } finally {
+    adapter.dispose();
+  }
+}
+
+/** The trainer's options for an image run: unet_lr, when set, is the UNet LoRA's learning rate (kohya). */
+function trainerOptionsOfImageRun(config: RunConfig): TrainerOptions {
+  return { ...trainerOptionsOf(config), learningRate: config.unet_lr ?? config.learning_rate };
+}
