@@ -21,7 +21,7 @@ import { storageFullIf } from './quota';
  * own: its record's fields, how it cuts its bytes, its messages.
  */
 
-type RecordStore = 'models' | 'datasets' | 'runs';
+type RecordStore = 'models' | 'datasets' | 'runs' | 'diffusionModels' | 'imageDatasets';
 type SliceStore = Exclude<StoreNames<LoraLabSchema>, RecordStore | 'importedLogs'>;
 
 /** A kind of chunked record: its record store, the stores of its slices, and the lock its writer holds. */
@@ -64,7 +64,7 @@ export async function deleteSlices(db: LoraLabDb, stores: readonly StoreNames<Lo
 }
 
 function isRecordStore(name: string): name is RecordStore {
-  return name === 'models' || name === 'datasets' || name === 'runs';
+  return name === 'models' || name === 'datasets' || name === 'runs' || name === 'diffusionModels' || name === 'imageDatasets';
 }
 
 // ─── The importing flag ─────────────────────────────────────────────────────────────────────────────────────────

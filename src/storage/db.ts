@@ -7,6 +7,10 @@ import type { ImportedLog } from './imported-logs';
 import type { CheckpointChunk, StoredCheckpoint } from './checkpoints';
 import type { DatasetChunk, StoredDataset } from './datasets';
 import type { StoredAdapter } from './adapters';
+import type { StoredDiffusionModel } from './diffusion-models';
+import type { StoredImageDataset } from './image-datasets';
+import type { StoredFileChunk } from './stored-files';
+import type { LatentRow } from './latent-cache';
 
 /** A base model as the library lists it. Its weights live in the `tensors` store. */
 export interface StoredModel {
@@ -79,6 +83,8 @@ export interface StoredRun {
   readonly data?: RunData;
   /** Each time the run was interrupted and resumed, oldest first (run_summary.json lists them). */
   readonly interruptions?: readonly Interruption[];
+  /** An image run's stored image datasets (image-datasets.ts) by id; null for a folder picked for the run alone. */
+  readonly imageData?: { readonly train: string | null; readonly val: string | null };
 }
 
 /**
@@ -150,10 +156,15 @@ export interface LoraLabSchema extends DBSchema {
   checkpoints: { key: [string, number]; value: StoredCheckpoint };
   checkpointChunks: { key: [string, number, number]; value: CheckpointChunk };
   adapters: { key: [string, string]; value: StoredAdapter };
+  diffusionModels: { key: string; value: StoredDiffusionModel };
+  diffusionFiles: { key: [string, string, number]; value: StoredFileChunk };
+  imageDatasets: { key: string; value: StoredImageDataset };
+  imageDatasetFiles: { key: [string, string, number]; value: StoredFileChunk };
+  latents: { key: [string, string, number, number, number]; value: LatentRow; indexes: { byDataset: string } };
 }
 
 export const DB_NAME = 'lora-lab';
-const DB_VERSION = 6;
+const DB_VERSION = 7;
 
 export type LoraLabDb = IDBPDatabase<LoraLabSchema>;
 
@@ -192,6 +203,16 @@ export function openDatabase(): Promise<LoraLabDb> {
       if (oldVersion < 6) {
         // PEFT adapters imported onto a model: one record each, keyed by model id and name (see adapters.ts).
         db.createObjectStore('adapters', { keyPath: ['modelId', 'name'] });
+      }
+      if (oldVersion < 7) {
+        // Stable Diffusion models and image folders, each file's bytes in slices (see diffusion-models.ts,
+        // image-datasets.ts, stored-files.ts), and the VAE latents of (model, dataset, resolution, flip) (latent-cache.ts).
+        db.createObjectStore('diffusionModels', { keyPath: 'id' });
+        db.createObjectStore('diffusionFiles', { keyPath: ['ownerId', 'path', 'index'] });
+        db.createObjectStore('imageDatasets', { keyPath: 'id' });
+        db.createObjectStore('imageDatasetFiles', { keyPath: ['ownerId', 'path', 'index'] });
+        const latents = db.createObjectStore('latents', { keyPath: ['modelId', 'datasetId', 'resolution', 'flip', 'index'] });
+        latents.createIndex('byDataset', 'datasetId');
       }
     },
     blocking() {

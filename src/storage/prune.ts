@@ -3,7 +3,8 @@ import { deleteRecord, DATASET_RECORDS, RUN_RECORDS, slicesOf } from './chunked-
 import type { LoraLabDb, RunStatus, StoredRun } from './db';
 import { lockName, type Locks } from './locks';
 import { artifactSize } from './runs';
-import { CHECKPOINT_FILE_PREFIX, usesDataset } from './usage';
+import { CHECKPOINT_FILE_PREFIX, usesDataset, usesImageDataset } from './usage';
+import { deleteImageDataset } from './image-datasets';
 
 /**
  * The Storage panel's one-click deletes. Each refuses, with a message saying why and what to do, what a run still
@@ -56,6 +57,23 @@ export async function deleteUnusedDataset(db: LoraLabDb, datasetId: string): Pro
     throw new UserError(`dataset "${dataset.name}"`, `is the data of the run ${names}, which ${users.length > 1 ? 'are' : 'is'} training or can still be resumed.`, 'Let the run end, or delete it, then delete the dataset.');
   }
   await deleteRecord(db, DATASET_RECORDS, datasetId);
+}
+
+/**
+ * Deletes an image folder (and the latents cached from it) unless an image run trains on it now. Image runs do not
+ * resume, so an interrupted one does not keep its data.
+ */
+export async function deleteUnusedImageDataset(db: LoraLabDb, datasetId: string, locks: Locks): Promise<void> {
+  const dataset = await db.get('imageDatasets', datasetId);
+  if (!dataset) return;
+  for (const run of await db.getAll('runs')) {
+    if (!usesImageDataset(run, datasetId) || (run.status !== 'running' && run.status !== 'paused')) continue;
+    const probe = await locks.ifFree(lockName.run(run.id), async () => undefined);
+    if (!probe.taken) {
+      throw new UserError(`dataset "${dataset.name}"`, `is the data of the run "${run.name}", which is training right now.`, 'Let the run end, or stop it, then delete the dataset.');
+    }
+  }
+  await deleteImageDataset(db, datasetId);
 }
 
 /**

@@ -3,6 +3,7 @@ import type { StoredAdapter } from './adapters';
 import type { StoredDataset } from './datasets';
 import { slicesOf } from './chunked-records';
 import { artifactSize } from './runs';
+import { latentBytesByModel } from './latent-cache';
 
 /**
  * What each stored thing uses, in bytes, for the Storage panel: read from the records' own sizes where they keep
@@ -41,10 +42,22 @@ export interface RunUsage {
   readonly keptBytes: number;
 }
 
+/** A Stable Diffusion model (diffusion-models.ts): its files, and the latents cached under it, which go with it. */
+export interface DiffusionModelUsage {
+  readonly id: string;
+  readonly name: string;
+  readonly bytes: number;
+  /** Of `bytes`, the cached latents of datasets encoded by this model (latent-cache.ts). */
+  readonly latentBytes: number;
+}
+
 export interface StorageUsage {
   readonly models: readonly ModelUsage[];
   readonly datasets: readonly DatasetUsage[];
   readonly runs: readonly RunUsage[];
+  readonly diffusionModels: readonly DiffusionModelUsage[];
+  /** Image folders (image-datasets.ts); neededBy lists the image runs training on them now. */
+  readonly imageDatasets: readonly DatasetUsage[];
   /** The sum of all the above. */
   readonly totalBytes: number;
 }
@@ -64,8 +77,20 @@ export async function storageUsage(db: LoraLabDb): Promise<StorageUsage> {
     .map((d) => datasetUsage(d, storedRuns));
   const runs: RunUsage[] = [];
   for (const run of storedRuns) runs.push(await runUsage(db, run));
-  const totalBytes = [...models, ...datasets, ...runs].reduce((n, u) => n + u.bytes, 0);
-  return { models, datasets, runs, totalBytes };
+  const latents = await latentBytesByModel(db);
+  const diffusionModels = (await db.getAll('diffusionModels'))
+    .filter((m) => m.status === 'ready')
+    .map((m): DiffusionModelUsage => ({ id: m.id, name: m.name, bytes: m.sizeBytes + (latents.get(m.id) ?? 0), latentBytes: latents.get(m.id) ?? 0 }));
+  const imageDatasets = (await db.getAll('imageDatasets'))
+    .filter((d) => d.status === 'ready')
+    .map((d): DatasetUsage => ({
+      id: d.id,
+      name: d.name,
+      bytes: d.sizeBytes + d.images.reduce((n, i) => n + i.thumbnail.byteLength, 0),
+      neededBy: storedRuns.filter((r) => NEEDS_DATA.has(r.status) && usesImageDataset(r, d.id)).map((r) => r.name),
+    }));
+  const totalBytes = [...models, ...datasets, ...runs, ...diffusionModels, ...imageDatasets].reduce((n, u) => n + u.bytes, 0);
+  return { models, datasets, runs, diffusionModels, imageDatasets, totalBytes };
 }
 
 function modelUsage(m: StoredModel, adapters: readonly StoredAdapter[]): ModelUsage {
@@ -83,6 +108,11 @@ function datasetUsage(d: StoredDataset, runs: readonly StoredRun[]): DatasetUsag
 export function usesDataset(run: StoredRun, datasetId: string): boolean {
   const refs = run.data ? [run.data.train, run.data.val] : [];
   return refs.some((ref) => ref !== null && 'datasetId' in ref && ref.datasetId === datasetId);
+}
+
+/** Whether the image run trains or evaluates on the stored image dataset `datasetId`. */
+export function usesImageDataset(run: StoredRun, datasetId: string): boolean {
+  return run.imageData !== undefined && (run.imageData.train === datasetId || run.imageData.val === datasetId);
 }
 
 async function runUsage(db: LoraLabDb, run: StoredRun): Promise<RunUsage> {

@@ -1,15 +1,14 @@
 import * as tf from '@tensorflow/tfjs';
-import { parseRunConfigYaml, runName, unwrapRunConfig, type RunConfig } from '../core/config';
-import { decodeImageEntry, prepareImage, readImageFolder, tagFrequency, type ImageEntry } from '../core/data/images/index';
+import { imageTrainingOf, parseRunConfigYaml, runName, unwrapRunConfig, type RunConfig } from '../core/config';
+import { tagFrequency, type ImageEntry } from '../core/data/images/index';
 import { UserError } from '../core/errors';
 import { runSummaryJson } from '../core/export/run-summary';
 import { trainImageLora } from '../core/image-run/run';
 import type { DiffusersFolder } from '../core/models/diffusion/component';
 import { readComponentConfig } from '../core/models/diffusion/component';
-import { cacheImageSet, type PreparedImage } from '../core/models/diffusion/latent-cache';
 import { parseNoiseSchedule } from '../core/models/diffusion/noise';
 import { loadSamplingPipeline, type SamplingPipeline } from '../core/models/diffusion/sample';
-import { blobSource } from '../core/safetensors/source';
+import { placementFor } from '../core/weights/hold';
 import type { CachedImageSet, ImageBatch } from '../core/train/image-examples';
 import type { Trainer } from '../core/train/trainer';
 import { EventFileWriter } from '../core/logging/writer';
@@ -17,25 +16,27 @@ import type { LoraLabDb, StoredRun } from '../storage/db';
 import { lockName, type Locks } from '../storage/locks';
 import { appendLog, putArtifact, putMetric, putRun, updateRun } from '../storage/runs';
 import { decodeWithImageBitmap } from './image-decoder';
+import { imageSetOf, openImageModel, readImageData, type ImageDataRef, type ImageModelRef } from './image-library';
 import type { RunContext } from './training-run';
 import type { TrainResult } from './protocol';
 import { measureRun } from './run-measure';
 import { pauseOnFullStorage } from './storage-full';
 
-/** A folder the person picked (or the headless runner handed over): its name and its files by relative path. */
-export interface PickedFolder {
-  readonly name: string;
-  /** `path` is relative to the folder, '/'-separated, without the folder's own name. */
-  readonly files: readonly { readonly path: string; readonly file: File }[];
-}
+export type { PickedFolder } from './image-library';
 
 export interface ImageTrainRequest {
-  /** A Stable Diffusion 1.x folder in diffusers layout (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/). */
-  readonly model: PickedFolder;
-  /** Images with captions (metadata.csv or a caption file beside each image; kohya `n_name` repeat folders). */
-  readonly train: PickedFolder;
+  /**
+   * A Stable Diffusion 1.x model of the library (importDiffusionModel), or a folder in diffusers layout picked for
+   * this run (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/).
+   */
+  readonly model: ImageModelRef;
+  /**
+   * Images with captions (metadata.csv or a caption file beside each image; kohya `n_name` repeat folders): a stored
+   * image folder (importImageDataset), whose latents are cached with a library model, or a folder picked for the run.
+   */
+  readonly train: ImageDataRef;
   /** Validation images: the fixed-noise eval loss is measured on them. */
-  readonly val: PickedFolder | null;
+  readonly val: ImageDataRef | null;
   readonly configYaml: string;
 }
 
@@ -46,30 +47,33 @@ const LOG_HOST = 'lora-lab';
  * An image LoRA run in the worker: the diffusers folder loaded from the picked files, the images decoded, cropped
  * and encoded to latents once, then trainImageLora with the run's curves, log and files going into IndexedDB as a
  * language-model run's do, so the Runs panel, the zip and the headless runner read it the same way.
- * Not yet resumable: the model is read from the picked files, not from the library.
+ * The model and the images come from the library (latents cached per model, dataset, resolution and flip) or from
+ * folders picked for the run. Not yet resumable.
  */
 export async function trainImageRun(db: LoraLabDb, request: ImageTrainRequest, ctx: RunContext, locks: Locks): Promise<TrainResult> {
   const { config } = unwrapRunConfig(parseRunConfigYaml(request.configYaml, 'config.yaml'));
   if (config.backend !== 'auto' && config.backend !== tf.getBackend()) {
     throw new UserError('backend', `is ${config.backend} in the config, but the engine runs on ${tf.getBackend()}.`, `Switch the Backend setting to ${config.backend}, or set backend: auto.`);
   }
-  const folder: DiffusersFolder = new Map(request.model.files.map(({ path, file }) => [path, blobSource(file, path)]));
-  if (!folder.has('model_index.json')) {
-    throw new UserError('base_model', `${request.model.name} has no model_index.json, so it is not a diffusers folder.`, 'Pick the Stable Diffusion folder in diffusers layout (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/).');
-  }
+  const model = await openImageModel(db, request.model);
+  const folder: DiffusersFolder = model.folder;
   ctx.progress({ phase: 'Loading weights', done: 0, total: 1, unit: 'steps' });
   const before = tf.memory().numBytes;
-  const pipeline = await loadSamplingPipeline(folder);
+  const pipeline = await loadSamplingPipeline(folder, { unetPlacement: placementFor(config.base_quantization) });
   // What loading the pipeline added: the UNet's, VAE's and text encoder's weights as the device holds them.
   const baseBytes = tf.memory().numBytes - before;
   try {
     const schedule = parseNoiseSchedule(await readComponentConfig(folder, 'scheduler'));
-    const trainFolder = await readPicked(request.train, config);
-    const train = await cachePicked(pipeline, trainFolder, config, config.flip_aug, 'Encoding training images', ctx);
-    const val = request.val ? await cachePicked(pipeline, await readPicked(request.val, config), config, false, 'Encoding validation images', ctx) : null;
+    const trainData = await readImageData(db, request.train, config);
+    const valData = request.val ? await readImageData(db, request.val, config) : null;
+    const trainTextEncoder = imageTrainingOf(config).textEncoderLearningRate !== null;
+    const encode = (flip: boolean, phase: string) => ({ resolution: config.resolution, flip, phase, decode: decodeWithImageBitmap, trainTextEncoder });
+    const train = await imageSetOf(db, pipeline, model.modelId, trainData, encode(config.flip_aug, 'Encoding training images'), ctx);
+    const val = valData ? await imageSetOf(db, pipeline, model.modelId, valData, encode(false, 'Encoding validation images'), ctx) : null;
     const runId = crypto.randomUUID();
+    const imageData = { train: trainData.datasetId, val: valData?.datasetId ?? null };
     return await locks.hold(lockName.run(runId), () =>
-      runImages(db, runId, { config, pipeline, schedule, train, val, entries: trainFolder.entries, modelName: request.model.name, baseBytes }, ctx),
+      runImages(db, runId, { config, pipeline, schedule, train, val, entries: trainData.entries, modelId: model.modelId, modelName: model.name, imageData, baseBytes }, ctx),
     );
   } finally {
     pipeline.dispose();
@@ -83,7 +87,10 @@ interface Prepared {
   readonly train: CachedImageSet;
   readonly val: CachedImageSet | null;
   readonly entries: readonly ImageEntry[];
+  /** The library model's id; null for a picked folder. */
+  readonly modelId: string | null;
   readonly modelName: string;
+  readonly imageData: NonNullable<StoredRun['imageData']>;
   readonly baseBytes: number;
 }
 
@@ -92,7 +99,7 @@ async function runImages(db: LoraLabDb, runId: string, p: Prepared, ctx: RunCont
   const run: StoredRun = {
     id: runId,
     name: runName(config),
-    modelId: '',
+    modelId: p.modelId ?? '',
     modelName: p.modelName,
     config,
     status: 'running',
@@ -105,6 +112,7 @@ async function runImages(db: LoraLabDb, runId: string, p: Prepared, ctx: RunCont
     findings: [],
     logFile: config.log_steps > 0 ? EventFileWriter.fileName(Math.floor(Date.now() / 1000), LOG_HOST, 0) : null,
     error: null,
+    imageData: p.imageData,
   };
   await putRun(db, run);
   const measure = measureRun(p.baseBytes);
@@ -178,6 +186,7 @@ async function runImages(db: LoraLabDb, runId: string, p: Prepared, ctx: RunCont
         metric: (row) => kept('curves', () => putMetric(db, { runId, ...row, epoch: row.epoch, custom: {} })),
         log: (bytes) => kept('TensorBoard log', () => appendLog(db, runId, bytes)),
         file: (path, bytes) => kept(`file ${path}`, () => putArtifact(db, runId, path, bytes)),
+        sample: (s) => ctx.event({ kind: 'sample', step: s.step, index: s.index, prompt: s.prompt, png: s.png }),
         async findings(findings) {
           ctx.event({ kind: 'diagnosis', findings: [...findings] });
           await kept('record', () => updateRun(db, runId, { findings }));
@@ -197,38 +206,4 @@ async function runImages(db: LoraLabDb, runId: string, p: Prepared, ctx: RunCont
     await updateRun(db, runId, { status: 'failed', error: e instanceof Error ? e.message : String(e) }).catch(() => undefined);
     throw e;
   }
-}
-
-async function readPicked(folder: PickedFolder, config: RunConfig) {
-  return readImageFolder(
-    folder.files.map(({ path, file }) => ({ path, source: blobSource(file, path) })),
-    { folderName: folder.name, captionExtension: config.caption_extension },
-  );
-}
-
-/** Decodes, crops and (with flip_aug) mirrors each image, then encodes all of them to latents once. */
-async function cachePicked(
-  pipeline: SamplingPipeline,
-  folder: Awaited<ReturnType<typeof readPicked>>,
-  config: RunConfig,
-  flip: boolean,
-  phase: string,
-  ctx: RunContext,
-): Promise<CachedImageSet> {
-  const prepared: PreparedImage[] = [];
-  for (const [i, entry] of folder.entries.entries()) {
-    ctx.progress({ phase: `${phase}: reading`, done: i, total: folder.entries.length, unit: 'steps' });
-    const decoded = await decodeImageEntry(entry, decodeWithImageBitmap);
-    prepared.push({
-      size: config.resolution,
-      rgb: prepareImage(decoded, { resolution: config.resolution, flip: false }),
-      flippedRgb: flip ? prepareImage(decoded, { resolution: config.resolution, flip: true }) : null,
-      caption: entry.caption,
-      repeats: entry.repeats,
-    });
-  }
-  return cacheImageSet(pipeline, prepared, {
-    trainTextEncoder: false,
-    onProgress: (done, total) => ctx.progress({ phase, done, total, unit: 'steps' }),
-  });
 }

@@ -20,6 +20,18 @@ import { resumeRequestOf } from './resume';
 import { runOutputFiles } from './run-files';
 import { trainLora, type RunContext } from './training-run';
 import { trainImageRun } from './image-run';
+import { decodeWithImageBitmap } from './image-decoder';
+import {
+  deleteStoredDiffusionModel,
+  deleteStoredImageDataset,
+  importDiffusionFolder,
+  importImageFolder,
+  listImageLibrary,
+  previewStoredImageDataset,
+} from './image-library';
+import { sweepUnfinishedDiffusionModels } from '../storage/diffusion-models';
+import { sweepUnfinishedImageDatasets } from '../storage/image-datasets';
+import { previewImageFolder } from './image-preview';
 import { mergeFinishedRun } from './merged-export';
 import { adaptedLogits, compareSideBySide } from './playground';
 
@@ -43,6 +55,8 @@ const handlers: { [K in RequestName]: Handler<K> } = {
     const db = await openDatabase();
     await sweepUnfinishedImports(db, locks);
     await sweepUnfinishedDatasets(db, locks);
+    await sweepUnfinishedDiffusionModels(db, locks);
+    await sweepUnfinishedImageDatasets(db, locks);
     await markInterruptedRuns(db, locks);
     return info;
   },
@@ -126,6 +140,10 @@ const handlers: { [K in RequestName]: Handler<K> } = {
     }
   },
 
+  async previewImageFolder(payload, ctx) {
+    return previewImageFolder(payload, ctx);
+  },
+
   async deleteModel({ modelId }) {
     await models.evict(modelId);
     const db = await openDatabase();
@@ -160,6 +178,32 @@ const handlers: { [K in RequestName]: Handler<K> } = {
 
   async importAdapter(payload, ctx) {
     return { adapter: await importAdapterFiles(await openDatabase(), payload, ctx) };
+  },
+
+  async importDiffusionModel(payload, ctx) {
+    return { model: await importDiffusionFolder(await openDatabase(), payload, ctx, locks) };
+  },
+
+  async listImageLibrary() {
+    return listImageLibrary(await openDatabase());
+  },
+
+  async deleteDiffusionModel({ modelId }) {
+    await deleteStoredDiffusionModel(await openDatabase(), modelId, locks);
+    return { modelId };
+  },
+
+  async importImageDataset(payload, ctx) {
+    return { dataset: await importImageFolder(await openDatabase(), payload, ctx, locks, decodeWithImageBitmap) };
+  },
+
+  async deleteImageDataset({ datasetId }) {
+    await deleteStoredImageDataset(await openDatabase(), datasetId, locks);
+    return { datasetId };
+  },
+
+  async previewImageDataset(payload) {
+    return previewStoredImageDataset(await openDatabase(), payload);
   },
 
   async evaluateAdapter(payload, ctx) {

@@ -6,6 +6,10 @@ import type { AdapterInfo } from '../storage/adapters';
 import type { AdapterEvalRequest, AdapterEvalResult } from './stored-adapters';
 import type { CompareRequest, CompareResult, PlaygroundAdapter } from './playground';
 import type { ImageTrainRequest } from './image-run';
+import type { ImageDatasetPreviewRequest, ImportFolderRequest } from './image-library';
+import type { StoredDiffusionModel } from '../storage/diffusion-models';
+import type { ImageDatasetPreview, ImageDatasetSummary } from '../storage/image-datasets';
+import type { ImageFolderPreview, ImageFolderPreviewRequest } from './image-preview';
 
 /**
  * The one contract between the UI thread and the training worker. Every request carries an id;
@@ -62,6 +66,8 @@ export type RunEvent =
   /** reason: why the run paused itself (a full disk, see storage-full.ts); absent when the person paused it. */
   | { kind: 'paused'; reason?: string }
   | { kind: 'resumed' }
+  /** An image run's sample image for sample_prompts[index] at `step` (PNG bytes), as it is made. */
+  | { kind: 'sample'; step: number; index: number; prompt: string; png: Uint8Array }
   /** Only with `haltAfterStep`: step N is done and stored, and the worker has stopped dead (see halt.ts). */
   | { kind: 'halted'; step: number };
 
@@ -119,6 +125,8 @@ export interface Requests {
    * images); the same events and one-run rule as `train`. The run is stored like any other and exported by exportRun.
    */
   trainImages: { payload: ImageTrainRequest; result: TrainResult };
+  /** An image folder as an image run would read it: one row per image (caption, tokens, size) and its warnings. */
+  previewImageFolder: { payload: ImageFolderPreviewRequest; result: ImageFolderPreview };
   /** Every file of a run's output folder (adapter, logs, config.yaml, metrics.csv, diagnosis.json). */
   /** The run's output folder; a merged model's files come as Blobs kept on disk, to be read in slices (OutputFile). */
   exportRun: { payload: { runId: string }; result: { files: OutputFile[] } };
@@ -136,6 +144,21 @@ export interface Requests {
   importAdapter: { payload: { modelId: string; name: string; files: File[] }; result: { adapter: AdapterInfo } };
   /** The eval loss on a dataset of the base model with a stored adapter (adapter null: the base model alone). */
   evaluateAdapter: { payload: AdapterEvalRequest; result: AdapterEvalResult };
+  /**
+   * Checks a Stable Diffusion 1.x model (a diffusers folder, or one single-file .safetensors with the tokenizer's
+   * vocab.json and merges.txt) and stores it in the library; progress in bytes; nothing is stored when a check fails.
+   */
+  importDiffusionModel: { payload: ImportFolderRequest; result: { model: StoredDiffusionModel } };
+  /** Stored Stable Diffusion models and image folders, newest first. */
+  listImageLibrary: { payload: Record<string, never>; result: { models: StoredDiffusionModel[]; datasets: ImageDatasetSummary[] } };
+  /** Deletes a Stable Diffusion model and the latents cached with it; refused while a run trains on it. */
+  deleteDiffusionModel: { payload: { modelId: string }; result: { modelId: string } };
+  /** Reads an image folder (captions, repeats), decodes every image once, then stores it in the library. */
+  importImageDataset: { payload: ImportFolderRequest; result: { dataset: ImageDatasetSummary } };
+  /** Deletes a stored image folder and the latents cached from it; refused while a run trains on it. */
+  deleteImageDataset: { payload: { datasetId: string }; result: { datasetId: string } };
+  /** A stored image folder's rows, warnings (token counts with the model's tokenizer when given) and thumbnails. */
+  previewImageDataset: { payload: ImageDatasetPreviewRequest; result: ImageDatasetPreview };
 }
 
 export interface TrainResult {

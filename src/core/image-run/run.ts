@@ -1,4 +1,4 @@
-import { runConfigToYaml, runName, trainerOptionsOf, type RunConfig } from '../config/index.js';
+import { imageTrainingOf, loraSettingsOf, runConfigToYaml, runName, trainerOptionsOf, type ImageTrainingSettings, type RunConfig } from '../config/index.js';
 import { diagnosisCallbacks } from '../diagnose/callbacks.js';
 import type { Finding } from '../diagnose/types.js';
 import type { KohyaDatasetDir, TagFrequency } from '../export/kohya-lora.js';
@@ -10,12 +10,13 @@ import type { LoraSettings } from '../lora/settings.js';
 import { loraTargetsOf } from '../models/diffusion/lora-targets.js';
 import type { NoiseSchedule } from '../models/diffusion/noise.js';
 import type { SamplingPipeline } from '../models/diffusion/sample.js';
+import type { LinearApply } from '../models/linear.js';
 import { composeCallbacks, lateCallbacks } from '../train/callbacks.js';
 import type { LossFn } from '../train/batch.js';
 import { trainingImages, validationImages, type CachedImageSet, type ImageBatch } from '../train/image-examples.js';
-import { imageLoraEvalLossFn, imageLoraLossFn } from '../train/image-loss-fns.js';
-import { Trainer, type EndReason, type TrainerCallbacks, type TrainerOptions } from '../train/trainer.js';
-import { imageAdapterFiles, unetModulesOf } from './adapter-files.js';
+import { imageLoraEvalLossFn, imageLoraLossFn, textEncoderLoraSeed } from '../train/image-loss-fns.js';
+import { Trainer, type EndReason, type TrainerCallbacks } from '../train/trainer.js';
+import { exportModulesOf, imageAdapterFiles } from './adapter-files.js';
 import { sampler, samplePath, sampleTag, type RunSample } from './samples.js';
 
 /** kohya's and diffusers' default LoRA targets on the SD UNet: the attention projections. */
@@ -39,6 +40,10 @@ export interface ImageRunInput {
   readonly config: RunConfig;
   readonly pipeline: SamplingPipeline;
   readonly schedule: NoiseSchedule;
+  /**
+   * The cached images. With train_text_encoder (imageTrainingOf's textEncoderLearningRate non-null) the captions must
+   * be token ids (cacheImageSet's trainTextEncoder: true), else text states; a mismatch throws before training.
+   */
   readonly train: CachedImageSet;
   readonly val: CachedImageSet | null;
   /** The base model's name as the person knows it (the folder name), for the adapter's notes. */
@@ -69,33 +74,58 @@ export function imageLoraSettings(config: RunConfig): LoraSettings {
 }
 
 /**
- * An image LoRA run start to finish on cached latents: a UNet LoRA trained on the denoising loss (kohya's noise
- * draws, noise offset and min-SNR weighting), the fixed-noise validation loss every eval_steps, the curves diagnosed
- * live, a TensorBoard log with scalars and sample images every sample_steps (and at the end), and the output folder:
- * `<run name>.safetensors` (kohya), the PEFT folder files, config.yaml, metrics.csv, diagnosis.json, samples/.
- * DOM-free; the worker and the tests give it their own sink.
+ * The learning rates of an image run as one schedule and a factor per network, as kohya's param groups (unet_lr,
+ * text_encoder_lr) follow one scheduler: the trainer's base rate is the UNet's (the text encoder's when the UNet's
+ * is 0), each network's rate that base times its scale.
+ */
+export function imageLearningRates(training: ImageTrainingSettings): { readonly base: number; readonly unetScale: number; readonly textEncoderScale: number | null } {
+  const unet = training.unetLearningRate;
+  const text = training.textEncoderLearningRate;
+  const base = unet > 0 || text === null ? unet : text;
+  if (base === 0) return { base, unetScale: 1, textEncoderScale: text === null ? null : 1 };
+  return { base, unetScale: unet / base, textEncoderScale: text === null ? null : text / base };
+}
+
+/**
+ * An image LoRA run start to finish on cached latents: a UNet LoRA (and with train_text_encoder a CLIP text-encoder
+ * LoRA on kohya's targets, at its own rate) trained on the denoising loss (kohya's noise draws, noise offset and
+ * min-SNR weighting), the fixed-noise validation loss every eval_steps, the curves diagnosed live, a TensorBoard log
+ * with scalars and sample images every sample_steps (and at the end), and the output folder: `<run name>.safetensors`
+ * (kohya, both networks), the PEFT folder files (the text encoder's under text_encoder/), config.yaml, metrics.csv,
+ * diagnosis.json, samples/. DOM-free; the worker and the tests give it their own sink.
  */
 export async function trainImageLora(input: ImageRunInput, sink: ImageRunSink): Promise<ImageRunResult> {
   const { config, pipeline, schedule } = input;
   const now = input.clock ?? (() => Date.now() / 1000);
   const started = now();
   const settings = imageLoraSettings(config);
+  const training = imageTrainingOf(config);
+  const rates = imageLearningRates(training);
+  checkCaptionKind(input, rates.textEncoderScale !== null);
+  const textSettings = loraSettingsOf(config, 'sd-text-encoder');
   const adapter = LoraAdapter.create(loraTargetsOf(pipeline.unet, 'sd-unet'), settings, config.seed);
+  let textAdapter: LoraAdapter | null = null;
   try {
-    const parts = { unet: pipeline.unet, schedule, unetAdapter: adapter };
+    textAdapter = rates.textEncoderScale === null ? null : LoraAdapter.create(loraTargetsOf(pipeline.textEncoder, 'sd-text-encoder'), textSettings, textEncoderLoraSeed(config.seed));
+    const textEncoder = textAdapter ? { model: pipeline.textEncoder, adapter: textAdapter } : null;
+    const parts = { unet: pipeline.unet, schedule, unetAdapter: adapter, textEncoder };
+    const unetVariables = adapter.variables();
+    const textVariables = textAdapter?.variables() ?? [];
+    const trainableParameters = adapter.parameterCount() + (textAdapter?.parameterCount() ?? 0);
     const samples = config.sample_prompts.length > 0 ? sampler(pipeline, config) : null;
     const measured = input.measureLoss ?? ((inner: LossFn<ImageBatch>) => inner);
     // The callbacks need the trainer's step count; they are built after it and read late.
     let callbacks: TrainerCallbacks = {};
     const trainer = new Trainer({
-      variables: adapter.variables(),
-      lossFn: measured(imageLoraLossFn(parts, { seed: config.seed, noiseOffset: config.noise_offset, minSnrGamma: config.min_snr_gamma })),
+      variables: [...unetVariables, ...textVariables],
+      learningRateScales: [...unetVariables.map(() => rates.unetScale), ...textVariables.map(() => rates.textEncoderScale ?? 0)],
+      lossFn: measured(imageLoraLossFn(parts, { seed: config.seed, noiseOffset: config.noise_offset, minSnrGamma: config.min_snr_gamma, gradientCheckpointing: config.gradient_checkpointing })),
       train: trainingImages(input.train),
       eval: input.val && input.val.examples.length > 0 ? { examples: validationImages(input.val, config.seed, schedule.numTrainTimesteps), lossFn: imageLoraEvalLossFn(parts) } : null,
-      options: trainerOptionsOfImageRun(config),
+      options: { ...trainerOptionsOf(config), learningRate: rates.base },
       callbacks: lateCallbacks(() => callbacks),
     });
-    input.onTrainer?.({ trainer: trainer as Trainer<unknown>, trainableParameters: adapter.parameterCount() });
+    input.onTrainer?.({ trainer: trainer as Trainer<unknown>, trainableParameters });
 
     const rows: MetricsCsvRow[] = [];
     const keep = async (row: MetricsCsvRow) => {
@@ -122,7 +152,7 @@ export async function trainImageLora(input: ImageRunInput, sink: ImageRunSink): 
 
     const takeSamples = async (step: number): Promise<void> => {
       if (!samples) return;
-      for (const s of await samples.sample(step, adapter.apply({ training: false }))) {
+      for (const s of await samples.sample(step, evalLinear(adapter, textAdapter))) {
         await sink.file(samplePath(s.step, s.index), s.png);
         await sink.sample?.(s);
         if (writer) {
@@ -148,10 +178,15 @@ export async function trainImageLora(input: ImageRunInput, sink: ImageRunSink): 
     if (end.step !== sampledAt) await takeSamples(end.step);
 
     const name = runName(config);
-    const files = await imageAdapterFiles(await unetModulesOf(adapter), {
+    const targetsOf = (s: LoraSettings, all: { readonly linears: readonly { readonly path: string }[] }): readonly string[] =>
+      s.targetModules === 'all-linear' ? all.linears.map((l) => l.path) : s.targetModules;
+    const networks = {
+      unet: { modules: await exportModulesOf(adapter, 'unet'), targetModules: targetsOf(settings, pipeline.unet) },
+      textEncoder: textAdapter ? { modules: await exportModulesOf(textAdapter, 'text_encoder'), targetModules: targetsOf(textSettings, pipeline.textEncoder) } : null,
+    };
+    const files = await imageAdapterFiles(networks, {
       runName: name,
       unet: pipeline.unet,
-      targetModules: settings.targetModules === 'all-linear' ? pipeline.unet.linears.map((l) => l.path) : settings.targetModules,
       baseModelName: input.baseModelName,
       notes: {
         networkDim: settings.rank,
@@ -161,7 +196,8 @@ export async function trainImageLora(input: ImageRunInput, sink: ImageRunSink): 
         tagFrequency: input.dataset.tagFrequency,
         learningRate: config.learning_rate,
         unetLr: config.unet_lr,
-        textEncoderLr: null,
+        // As sd-scripts notes args.text_encoder_lr: the key as given ("None": learning_rate), null when not trained.
+        textEncoderLr: textAdapter ? config.text_encoder_lr : null,
         maxTrainSteps: trainer.totalSteps,
         steps: end.step,
         epoch: Math.ceil(end.step / trainer.stepsPerEpoch),
@@ -182,13 +218,38 @@ export async function trainImageLora(input: ImageRunInput, sink: ImageRunSink): 
     await sink.file('config.yaml', runConfigToYaml(config));
     await sink.file('metrics.csv', metricsCsv(rows));
     await sink.file('diagnosis.json', diagnosisJson(findings));
-    return { reason: end.reason, steps: end.step, findings, trainableParameters: adapter.parameterCount() };
+    return { reason: end.reason, steps: end.step, findings, trainableParameters };
   } finally {
     adapter.dispose();
+    textAdapter?.dispose();
   }
 }
 
-/** The trainer's options for an image run: unet_lr, when set, is the UNet LoRA's learning rate (kohya). */
-function trainerOptionsOfImageRun(config: RunConfig): TrainerOptions {
-  return { ...trainerOptionsOf(config), learningRate: config.unet_lr ?? config.learning_rate };
+/**
+ * One projection hook for the whole pipeline, without dropout (sampling): the text encoder's LoRA on its projections,
+ * the UNet's on the rest. The two never share a module path (transformers' `text_model.…` against diffusers' block
+ * paths), so dispatching by the text adapter's paths is exact; the UNet's hook runs the plain projection where it has
+ * no module.
+ */
+function evalLinear(unet: LoraAdapter, text: LoraAdapter | null): LinearApply {
+  const unetApply = unet.apply({ training: false });
+  if (!text) return unetApply;
+  const textApply = text.apply({ training: false });
+  const textPaths = new Set(text.modules.map((m) => m.path));
+  return (linear, x) => (textPaths.has(linear.path) ? textApply : unetApply)(linear, x);
+}
+
+/** The cached captions must be what the run feeds: token ids through a trained text encoder, else its cached states. */
+function checkCaptionKind(input: ImageRunInput, trainsTextEncoder: boolean): void {
+  const want = trainsTextEncoder ? 'ids' : 'states';
+  for (const [name, set] of [
+    ['training', input.train],
+    ['validation', input.val],
+  ] as const) {
+    if (set && set.examples.length > 0 && set.captions.kind !== want) {
+      throw new Error(
+        `trainImageLora: the ${name} captions are cached as ${set.captions.kind}, but a run ${trainsTextEncoder ? 'that trains' : 'with a frozen'} text encoder needs ${want} (cacheImageSet's trainTextEncoder: ${trainsTextEncoder})`,
+      );
+    }
+  }
 }

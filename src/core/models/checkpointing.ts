@@ -124,3 +124,55 @@ function guardLinears(apply: LinearApply, linears: readonly Linear[]): LinearApp
 function isTrainableVariable(t: unknown): boolean {
   return t instanceof tf.Variable && t.trainable;
 }
+
+/**
+ * A block that reads several tensors the forward pass made before it, all of them differentiable: the
+ * UNet's blocks read their activations and the time embedding or the text encoder's states, and a
+ * LoRA on the time embedding or on the text encoder trains through those. `inputs[0]` is the running
+ * activations; the block's result takes their place.
+ */
+export type MultiInputBlockFn<T extends tf.Tensor> = (inputs: readonly tf.Tensor[], apply: LinearApply) => T;
+
+/**
+ * runBlock for a MultiInputBlockFn: the block as it is, or checkpointed so that the backward pass
+ * recomputes it from its inputs (kept) and returns gradients for every input as well as for the
+ * trainable tensors of `run.linears`. The same rules as runBlock's apply: with checkpointing on, a
+ * trainable projection's apply must be a CheckpointableApply (its dropout draws are replayed).
+ */
+export function runMultiInputBlock<T extends tf.Tensor>(block: MultiInputBlockFn<T>, inputs: readonly tf.Tensor[], run: Omit<BlockRun, 'context'>): T {
+  if (!run.checkpointing) return block(inputs, run.apply);
+  const apply = guardLinears(run.apply, run.linears);
+  if (isCheckpointable(run.apply)) {
+    const ca = run.apply;
+    const params = run.linears.flatMap((l) => ca.trainables(l));
+    const mark = ca.drawMark();
+    return checkpointInputs((xs) => block(xs, apply), inputs, params, (f) => ca.replayDraws(mark, f));
+  }
+  if (run.apply !== applyLinear) {
+    throw new Error('gradient checkpointing needs a CheckpointableApply (the LoRA adapter\'s apply) or the plain projection');
+  }
+  return checkpointInputs((xs) => block(xs, apply), inputs, [], (f) => f());
+}
+
+/**
+ * `block(inputs)` as one differentiable op that keeps only its inputs for the backward pass, which
+ * runs the block again on the kept copies and differentiates it with respect to each of them and to
+ * `params` (as `checkpoint`, with every input differentiable rather than one).
+ */
+export function checkpointInputs<T extends tf.Tensor>(
+  block: (inputs: readonly tf.Tensor[]) => T,
+  inputs: readonly tf.Tensor[],
+  params: readonly tf.Tensor[],
+  replay: <R>(run: () => R) => R,
+): T {
+  const count = inputs.length;
+  const op = tf.customGrad((...args) => {
+    const xs = args.slice(0, count) as tf.Tensor[];
+    const save = args[args.length - 1] as tf.GradSaveFunc;
+    const out = block(xs);
+    save(xs);
+    const gradFunc = (dy: tf.Tensor, saved: tf.Tensor[]): tf.Tensor[] => vjp(() => replay(() => block(saved)), [...saved, ...params], dy);
+    return { value: out, gradFunc };
+  });
+  return op(...inputs, ...params) as T;
+}

@@ -10,6 +10,14 @@ export interface AdamWOptions {
    * 0.0, and LoRA recipes rarely decay the adapter (unlike torch.optim.AdamW's own default, 0.01).
    */
   readonly weightDecay?: number;
+  /**
+   * Per variable, aligned with the constructor's variables: that variable's learning rate is `lr × scale`, for its
+   * Adam step and its decay alike, as a PyTorch param group with its own lr that follows the same scheduler (kohya's
+   * unet_lr and text_encoder_lr: LambdaLR scales every group's initial lr by one factor). Each scale must be finite
+   * and ≥ 0; 0 leaves the variable as it is. Default: 1 for every variable. The moments and the step count do not
+   * depend on it, so a checkpoint's optimizer state fits whatever scales the resumed run uses.
+   */
+  readonly learningRateScales?: readonly number[];
 }
 
 /** AdamW's state on the host (see AdamW.readState): the step count and, per variable in order, both moments. */
@@ -50,6 +58,7 @@ export class AdamW {
   readonly weightDecay: number;
   private readonly m: tf.Variable[];
   private readonly v: tf.Variable[];
+  private readonly scales: readonly number[];
   private steps = 0;
   private disposed = false;
 
@@ -69,6 +78,7 @@ export class AdamW {
     }
     if (!(this.epsilon >= 0)) throw new RangeError(`AdamW epsilon must be ≥ 0, got ${this.epsilon}`);
     if (!(this.weightDecay >= 0)) throw new RangeError(`AdamW weight decay must be ≥ 0, got ${this.weightDecay}`);
+    this.scales = learningRateScalesOf(params.length, opts.learningRateScales);
     this.m = params.map((p) => zerosVariable(p));
     this.v = params.map((p) => zerosVariable(p));
   }
@@ -97,12 +107,14 @@ export class AdamW {
     const aligned = this.align(grads);
     const t = this.steps + 1;
     const { beta1: b1, beta2: b2, epsilon: eps } = this;
-    const stepSize = lr / (1 - b1 ** t);
     const bc2Sqrt = Math.sqrt(1 - b2 ** t);
-    const decay = 1 - lr * this.weightDecay;
-    const next = this.params.map((p, i) =>
-      adamwValues({ p, m: this.m[i]!, v: this.v[i]! }, aligned[i]!, { beta1: b1, beta2: b2, decay, stepSize, bc2Sqrt, eps }),
-    );
+    const next = this.params.map((p, i) => {
+      // A variable's own rate, as a param group's lr: both the step and the decay scale with it.
+      const rate = lr * this.scales[i]!;
+      const stepSize = rate / (1 - b1 ** t);
+      const decay = 1 - rate * this.weightDecay;
+      return adamwValues({ p, m: this.m[i]!, v: this.v[i]! }, aligned[i]!, { beta1: b1, beta2: b2, decay, stepSize, bc2Sqrt, eps });
+    });
     const all = next.flatMap((n) => [n.p, n.m, n.v]);
     // A float32 flag rather than a bool, so it can share one readback with the loss.
     const finiteCheck = tf.tidy(() => {
@@ -204,6 +216,16 @@ export class AdamW {
     });
     return list;
   }
+}
+
+/** The per-variable learning-rate scales, checked: one finite scale ≥ 0 per variable, 1 each when none are given. */
+function learningRateScalesOf(count: number, scales: readonly number[] | undefined): readonly number[] {
+  if (scales === undefined) return new Array<number>(count).fill(1);
+  if (scales.length !== count) throw new RangeError(`AdamW: ${scales.length} learning-rate scales for ${count} variables`);
+  scales.forEach((s, i) => {
+    if (!(s >= 0) || !Number.isFinite(s)) throw new RangeError(`AdamW: learning-rate scale ${s} of variable ${i} must be finite and ≥ 0`);
+  });
+  return [...scales];
 }
 
 /** A non-trainable zero variable shaped like `like`. */

@@ -20,6 +20,8 @@ export interface ImageLossOptions {
   readonly noiseOffset: number;
   /** Min-SNR-γ loss weighting (Hang et al. 2023, kohya's min_snr_gamma); 0 = off, every timestep weighs alike. */
   readonly minSnrGamma: number;
+  /** Recompute each UNet block in the backward pass instead of keeping its activations (run config gradient_checkpointing). */
+  readonly gradientCheckpointing?: boolean;
 }
 
 /** What is trained: the UNet's LoRA, and optionally a text encoder's (then batches carry token ids). */
@@ -35,6 +37,14 @@ const TIMESTEP_STREAM = 21;
 const NOISE_STREAM = 22;
 const OFFSET_STREAM = 23;
 const FLIP_STREAM = 24;
+const TEXT_ENCODER_LORA_STREAM = 25;
+
+/**
+ * The seed of the text-encoder LoRA's own draws (its A's initialisation, its dropout masks). Both adapters key their
+ * draws by (seed, module index, …), so with the run's own seed the text encoder's module 0 would start from, and
+ * drop, the same values as the UNet's module 0.
+ */
+export const textEncoderLoraSeed = (seed: number): number => streamKey(TEXT_ENCODER_LORA_STREAM, seed);
 
 /**
  * The per-sample weight of min-SNR-γ: min(SNR, γ)/SNR for ε-prediction, min(SNR, γ)/(SNR + 1) for v-prediction,
@@ -81,10 +91,10 @@ export function imageLoraLossFn(parts: ImageLoraParts, opts: ImageLossOptions): 
         const flip = tf.tensor4d(Float32Array.from({ length: n }, () => (nextFlip() < 2147483648 ? 1 : 0)), [n, 1, 1, 1]);
         latents = tf.add(tf.mul(batch.flippedLatents, flip), tf.mul(batch.latents, tf.sub(1, flip)));
       }
-      const textLinear = parts.textEncoder ? parts.textEncoder.adapter.apply({ training: true, seed: opts.seed, step: pass }) : null;
+      const textLinear = parts.textEncoder ? parts.textEncoder.adapter.apply({ training: true, seed: textEncoderLoraSeed(opts.seed), step: pass }) : null;
       const context = contextOf(batch, parts, textLinear);
       const linear = parts.unetAdapter.apply({ training: true, seed: opts.seed, step: pass });
-      const perImage = denoisingLossPerSample(parts.unet, schedule, { latents, noise, timesteps, context }, { linear });
+      const perImage = denoisingLossPerSample(parts.unet, schedule, { latents, noise, timesteps, context }, { linear, gradientCheckpointing: opts.gradientCheckpointing ?? false });
       if (opts.minSnrGamma > 0) {
         return tf.mean(tf.mul(perImage, tf.tensor1d(minSnrWeights(schedule, timesteps, opts.minSnrGamma))));
       }

@@ -148,6 +148,12 @@ export interface TrainerOptions {
 export interface TrainerInit<B = Batch> {
   /** What the optimizer updates: LoRA A/B, or every weight of a model trained from scratch. */
   readonly variables: readonly tf.Variable[];
+  /**
+   * Per variable, aligned with `variables`: its learning rate is the schedule's times this (AdamWOptions.learningRateScales),
+   * e.g. an image run's text-encoder LoRA at text_encoder_lr / unet_lr. Default: 1 for every variable. Not part of the
+   * plan: a checkpoint's values and optimizer state do not depend on it.
+   */
+  readonly learningRateScales?: readonly number[];
   readonly lossFn: LossFn<B>;
   /** The training examples: token windows (windowExamples) or an image set's latents. */
   readonly train: ExampleSet<B>;
@@ -296,6 +302,7 @@ export class Trainer<B = Batch> {
       beta2: p.adamBeta2,
       epsilon: p.adamEpsilon,
       weightDecay: p.weightDecay,
+      learningRateScales: this.init.learningRateScales,
     });
     let step = 0;
     let end: TrainEnd | null = null;

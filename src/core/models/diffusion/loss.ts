@@ -1,7 +1,6 @@
 import * as tf from '@tensorflow/tfjs';
-import type { LinearApply } from '../linear.js';
 import { addNoise, denoisingTarget, type NoiseSchedule } from './noise.js';
-import type { Unet } from './unet.js';
+import type { Unet, UnetForwardOptions } from './unet.js';
 
 /**
  * The denoising loss Stable Diffusion is trained (and its LoRAs fine-tuned) with, as diffusers' train_text_to_image
@@ -21,7 +20,7 @@ export interface DenoisingBatch {
 }
 
 /** Each sample's mean squared error over its latent elements [batch]: what min-SNR weighting and per-image logs need. */
-export function denoisingLossPerSample(unet: Unet, schedule: NoiseSchedule, batch: DenoisingBatch, opts?: { linear?: LinearApply }): tf.Tensor1D {
+export function denoisingLossPerSample(unet: Unet, schedule: NoiseSchedule, batch: DenoisingBatch, opts?: UnetForwardOptions): tf.Tensor1D {
   return tf.tidy(() => {
     const noisy = addNoise(schedule, batch.latents, batch.noise, batch.timesteps);
     const prediction = unet.forward(noisy, batch.timesteps, batch.context, opts);
@@ -31,6 +30,6 @@ export function denoisingLossPerSample(unet: Unet, schedule: NoiseSchedule, batc
 }
 
 /** The batch's loss: the mean squared error over every element (= the mean of the per-sample losses, all equally sized). */
-export function denoisingLoss(unet: Unet, schedule: NoiseSchedule, batch: DenoisingBatch, opts?: { linear?: LinearApply }): tf.Scalar {
+export function denoisingLoss(unet: Unet, schedule: NoiseSchedule, batch: DenoisingBatch, opts?: UnetForwardOptions): tf.Scalar {
   return tf.tidy(() => tf.mean(denoisingLossPerSample(unet, schedule, batch, opts)));
 }

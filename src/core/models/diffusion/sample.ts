@@ -9,6 +9,7 @@ import { disposeComponent, loadDiffusersComponent, readComponentConfig, type Dif
 import { ddimSample, parseDdimScheduler, type DdimScheduler } from './ddim.js';
 import { buildUnet, type Unet } from './unet.js';
 import { buildVae, bytesFromPixels, type Vae } from './vae.js';
+import type { WeightPlacement } from '../../weights/hold.js';
 
 /**
  * Sample images from a Stable Diffusion 1.x pipeline, as diffusers' StableDiffusionPipeline makes them with a
@@ -56,8 +57,11 @@ export const DEFAULT_GUIDANCE_SCALE = 7.5;
 /** Stream tag of the samplers' starting noise, apart from LoRA initialisation's and dropout's (lora/adapter.ts). */
 const SAMPLE_NOISE_STREAM = 0x53414d50;
 
-/** Loads the tokenizer, text encoder, UNet, VAE and scheduler config of a diffusers SD folder. */
-export async function loadSamplingPipeline(folder: DiffusersFolder): Promise<SamplingPipeline & { dispose(): void }> {
+/**
+ * Loads the tokenizer, text encoder, UNet, VAE and scheduler config of a diffusers SD folder. `unetPlacement`: how
+ * the UNet's frozen projections are held (a run's base_quantization, weights/hold.ts); float32 when absent.
+ */
+export async function loadSamplingPipeline(folder: DiffusersFolder, opts: { readonly unetPlacement?: WeightPlacement } = {}): Promise<SamplingPipeline & { dispose(): void }> {
   const scheduler = parseDdimScheduler(await readComponentConfig(folder, 'scheduler'));
   const tokenizer = await loadClipTokenizerFromFolder(folder);
   const built: { dispose(): void }[] = [];
@@ -74,7 +78,7 @@ export async function loadSamplingPipeline(folder: DiffusersFolder): Promise<Sam
   };
   try {
     const textEncoder = await build('text_encoder', buildClipTextModel);
-    const unet = await build('unet', buildUnet);
+    const unet = await build('unet', (c) => buildUnet(c, opts.unetPlacement ? { placement: opts.unetPlacement } : undefined));
     const vae = await build('vae', buildVae);
     return { tokenizer, textEncoder, unet, vae, scheduler, dispose: () => built.forEach((m) => m.dispose()) };
   } catch (e) {

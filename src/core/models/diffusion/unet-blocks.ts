@@ -1,6 +1,9 @@
 import * as tf from '@tensorflow/tfjs';
 import { makeLinear, type Linear, type LinearApply } from '../linear.js';
 import { geluErf, layerNorm, silu } from '../ops.js';
+import { quantizeInt8, quantizeNf4, unpackHost, packHalves } from '../../weights/host.js';
+import { FLOAT32_PLACEMENT, type WeightPlacement } from '../../weights/holding.js';
+import { tensorsOf, uploadPacked, type FrozenMatrix, type HostPackedMatrix } from '../../weights/packed.js';
 import { componentWeight, type DiffusersComponent } from './component.js';
 
 /**
@@ -47,7 +50,14 @@ export class UnetWeights {
   /** Every tensor name read, to find the component's tensors the model does not use. */
   readonly readNames = new Set<string>();
 
-  constructor(private readonly component: DiffusersComponent) {}
+  /**
+   * `placement`: how the projection weights are held (weights/hold.ts placementFor): packed words on webgpu,
+   * quantized (int8, nf4) when asked; convolution kernels, norms and biases stay float32 whatever it says.
+   */
+  constructor(
+    private readonly component: DiffusersComponent,
+    private readonly placement: WeightPlacement = FLOAT32_PLACEMENT,
+  ) {}
 
   tensor(name: string, shape: readonly number[]): tf.Tensor {
     this.readNames.add(name);
@@ -61,12 +71,16 @@ export class UnetWeights {
   /**
    * An nn.Linear [out, in], or a 1×1 nn.Conv2d [out, in, 1, 1] used as one, at module path `path`. The weight is held
    * transposed, [in, out] (layout `in_out`), and the PyTorch-layout original released: tfjs's wasm and cpu matMul run
-   * x·W several times faster than x·Wᵀ, and the webgpu kernels take either layout.
+   * x·W several times faster than x·Wᵀ, and the webgpu kernels take either layout. Held as the placement says
+   * (see holdProjection).
    */
   linear(path: string, inFeatures: number, outFeatures: number, opts: { bias: boolean; conv1x1?: boolean }): Linear {
     const torchWeight = this.tensor(`${path}.weight`, opts.conv1x1 ? [outFeatures, inFeatures, 1, 1] : [outFeatures, inFeatures]);
-    const weight = tf.tidy(() => tf.transpose(tf.reshape(torchWeight, [outFeatures, inFeatures]))) as tf.Tensor2D;
-    this.derived.push(weight);
+    const weight =
+      this.placement.packed || this.placement.quantization !== 'none'
+        ? holdProjection(torchWeight.dataSync() as Float32Array, inFeatures, outFeatures, this.placement)
+        : (tf.tidy(() => tf.transpose(tf.reshape(torchWeight, [outFeatures, inFeatures]))) as tf.Tensor2D);
+    this.derived.push(...tensorsOf(weight));
     torchWeight.dispose();
     const bias = opts.bias ? this.vector(`${path}.bias`, outFeatures) : null;
     const linear = makeLinear(path, weight, 'in_out', bias);
@@ -89,6 +103,70 @@ export class UnetWeights {
   layerNorm(path: string, channels: number, eps: number): LayerNormParams {
     return { weight: this.vector(`${path}.weight`, channels), bias: this.vector(`${path}.bias`, channels), eps };
   }
+}
+
+/**
+ * A projection weight, given as PyTorch stores it ([out, in] row-major float32), held [in, out] as `placement` says,
+ * the way weights/hold.ts holds a language model's block projections: int8 (one scale per output channel, the
+ * columns here) or NF4 when quantization asks; otherwise, on a packed placement, as F16 or BF16 words when every
+ * value is exactly one (the file stored halves, which the loader widened: packing them back loses nothing), else
+ * float32. Unpacked (wasm, cpu), a quantized weight is float32 of the quantized values, so every backend computes
+ * with the same weights. No UNet projection comes near a binding limit (SD's largest, 1280 → 10240, is 52 MB in
+ * float32; WebGPU guarantees 128 MiB), so none is split into row blocks.
+ */
+function holdProjection(torchValues: Float32Array, inFeatures: number, outFeatures: number, placement: WeightPlacement): FrozenMatrix {
+  const shape = [inFeatures, outFeatures] as const;
+  // Transposed on the host: the values are there already (read back once at build time on webgpu).
+  const values = new Float32Array(inFeatures * outFeatures);
+  for (let o = 0; o < outFeatures; o++) {
+    for (let i = 0; i < inFeatures; i++) values[i * outFeatures + o] = torchValues[o * inFeatures + i]!;
+  }
+  let host: HostPackedMatrix | null;
+  switch (placement.quantization) {
+    case 'int8':
+      host = quantizeInt8(values, shape, 1);
+      break;
+    case 'nf4':
+      host = quantizeNf4(values, shape);
+      break;
+    case 'none':
+      host = placement.packed ? exactHalves(values, shape) : null;
+      break;
+  }
+  if (host === null) return tf.tensor2d(values, [...shape], 'float32');
+  return placement.packed ? uploadPacked(host) : tf.tensor2d(unpackHost(host), [...shape], 'float32');
+}
+
+/** The values as F16 (or else BF16) halves if every one of them is exactly such a half; null if not. */
+function exactHalves(values: Float32Array, shape: readonly [number, number]): HostPackedMatrix | null {
+  const bits = new Uint32Array(values.buffer, values.byteOffset, values.length);
+  const f16 = new Uint16Array(values.length);
+  let isF16 = true;
+  for (let i = 0; i < bits.length && isF16; i++) {
+    const h = exactF16Bits(bits[i]!);
+    if (h === null) isF16 = false;
+    else f16[i] = h;
+  }
+  if (isF16) return packHalves('f16', shape, new Uint8Array(f16.buffer));
+  // BF16 is the upper half of a float32: exact when the lower half is zero.
+  if (!bits.every((b) => (b & 0xffff) === 0)) return null;
+  return packHalves('bf16', shape, new Uint8Array(Uint16Array.from(bits, (b) => b >>> 16).buffer));
+}
+
+/** The IEEE half with exactly the value of the float32 with these bits, or null if there is none (or it is a NaN). */
+function exactF16Bits(f32: number): number | null {
+  const sign = (f32 >>> 16) & 0x8000;
+  const exponent = (f32 >>> 23) & 0xff;
+  const mantissa = f32 & 0x7fffff;
+  if (exponent === 0 && mantissa === 0) return sign;
+  if (exponent === 0xff) return mantissa === 0 ? sign | 0x7c00 : null;
+  const e = exponent - 127;
+  if (e >= -14 && e <= 15) return (mantissa & 0x1fff) === 0 ? sign | ((e + 15) << 10) | (mantissa >>> 13) : null;
+  if (e < -24 || e > 15) return null;
+  // A half subnormal: m·2⁻²⁴ with m < 1024; the float32 is (2²³ + mantissa)·2^(e − 23), so m = (2²³ + mantissa)·2^(e + 1).
+  const full = 0x800000 | mantissa;
+  const shift = -(e + 1);
+  return (full & ((1 << shift) - 1)) === 0 ? sign | (full >>> shift) : null;
 }
 
 interface GroupNorm {

@@ -1,7 +1,9 @@
 import * as tf from '@tensorflow/tfjs';
 import { UserError } from '../../errors.js';
+import { runMultiInputBlock } from '../checkpointing.js';
 import { applyLinear, type Linear, type LinearApply } from '../linear.js';
 import { silu } from '../ops.js';
+import type { WeightPlacement } from '../../weights/holding.js';
 import type { DiffusersComponent } from './component.js';
 import { conv2d, downsample, groupNorm, resnetBlock, transformer2d, upsample, UnetWeights, type Block, type BlockInputs } from './unet-blocks.js';
 import { parseUnetConfig, type UnetConfig } from './unet-config.js';
@@ -24,11 +26,23 @@ export interface Unet {
    * `context` [batch, tokens, cross_attention_dim]. Every projection goes through `opts.linear` (a LoRA's apply);
    * intermediates are released, only the result needs disposing.
    */
-  forward(sample: tf.Tensor4D, timesteps: readonly number[], context: tf.Tensor3D, opts?: { linear?: LinearApply }): tf.Tensor4D;
+  forward(sample: tf.Tensor4D, timesteps: readonly number[], context: tf.Tensor3D, opts?: UnetForwardOptions): tf.Tensor4D;
   /** The sinusoidal timestep features [batch, block_out_channels[0]] the time embedding starts from (`time_proj`). */
   timeProjection(timesteps: readonly number[]): tf.Tensor2D;
   /** Releases the weights (the component's tensors included: buildUnet took them over). */
   dispose(): void;
+}
+
+export interface UnetForwardOptions {
+  /** How every projection is computed: a LoRA's apply, or the plain projection (the default). */
+  readonly linear?: LinearApply;
+  /**
+   * Recompute each ResNet and Transformer2D block in the backward pass instead of keeping its activations
+   * (diffusers' enable_gradient_checkpointing, kohya's --gradient_checkpointing): the tape then holds each
+   * block's inputs only, for about one more forward pass of compute. With a LoRA, `linear` must be the
+   * adapter's own apply (a CheckpointableApply, see ../checkpointing.ts), whose dropout draws are replayed.
+   */
+  readonly gradientCheckpointing?: boolean;
 }
 
 /**
@@ -53,13 +67,25 @@ export function timestepFeatures(timesteps: readonly number[], dim: number, flip
   return out;
 }
 
+/**
+ * A ResNet or Transformer2D block as the forward pass runs it, checkpointed or not: its function, every
+ * projection it runs (a checkpoint routes their LoRA tensors through its op), and which of the forward's
+ * tensors besides the activations it reads (the time embedding or the text states), which a checkpoint keeps
+ * and differentiates.
+ */
+interface UnetBlock {
+  readonly run: Block;
+  readonly linears: readonly Linear[];
+  readonly reads: 'temb' | 'context';
+}
+
 interface UpBlock {
-  readonly layers: readonly { readonly resnet: Block; readonly attention: Block | null }[];
+  readonly layers: readonly { readonly resnet: UnetBlock; readonly attention: UnetBlock | null }[];
   readonly upsample: ((x: tf.Tensor4D, size: readonly [number, number]) => tf.Tensor4D) | null;
 }
 
 interface DownBlock {
-  readonly layers: readonly { readonly resnet: Block; readonly attention: Block | null }[];
+  readonly layers: readonly { readonly resnet: UnetBlock; readonly attention: UnetBlock | null }[];
   readonly downsample: Block | null;
 }
 
@@ -69,10 +95,15 @@ interface DownBlock {
  * PyTorch-layout original released at once, so a real SD UNet never holds its weights twice. A tensor missing, of the wrong shape for config.json, or not part of the
  * UNet it describes is a UserError naming it; the tensors made here are then released, and the component (some of
  * whose kernels are gone) is the caller's to dispose.
+ *
+ * `opts.placement` (weights/hold.ts placementFor(base_quantization)) holds the projection weights as a language
+ * model's frozen matrices are held: packed F16/BF16 words or int8/NF4 codes that the webgpu kernels decode as they
+ * read them, or, unpacked, float32 of the quantized values. The default holds everything as float32; convolutions
+ * are float32 whatever the placement.
  */
-export function buildUnet(component: DiffusersComponent): Unet {
+export function buildUnet(component: DiffusersComponent, opts?: { readonly placement?: WeightPlacement }): Unet {
   const cfg = parseUnetConfig(component.config);
-  const w = new UnetWeights(component);
+  const w = new UnetWeights(component, opts?.placement);
   try {
     return assemble(cfg, w, component);
   } catch (e) {
@@ -85,10 +116,18 @@ function assemble(cfg: UnetConfig, w: UnetWeights, component: DiffusersComponent
   const channels = cfg.blockOutChannels;
   const last = channels.length - 1;
   const groups = cfg.normGroups;
+  // The projections a builder reads are the ones it appends to w.linears.
+  const block = (reads: UnetBlock['reads'], build: () => Block): UnetBlock => {
+    const first = w.linears.length;
+    const run = build();
+    return { run, linears: w.linears.slice(first), reads };
+  };
   const resnet = (path: string, inChannels: number, outChannels: number, outputScale = cfg.resnetOutScaleFactor) =>
-    resnetBlock(w, path, { inChannels, outChannels, timeEmbedDim: cfg.timeEmbedDim, groups, eps: cfg.normEps, outputScale });
+    block('temb', () => resnetBlock(w, path, { inChannels, outChannels, timeEmbedDim: cfg.timeEmbedDim, groups, eps: cfg.normEps, outputScale }));
   const transformer = (path: string, ch: number, heads: number, layers: number) =>
-    transformer2d(w, path, { channels: ch, heads, layers, contextDim: cfg.crossAttentionDim, groups, linearProjection: cfg.useLinearProjection });
+    block('context', () =>
+      transformer2d(w, path, { channels: ch, heads, layers, contextDim: cfg.crossAttentionDim, groups, linearProjection: cfg.useLinearProjection }),
+    );
 
   const convIn = w.conv('conv_in', cfg.inChannels, channels[0]!, cfg.convInKernel, 1, (cfg.convInKernel - 1) / 2);
   const time1 = w.linear('time_embedding.linear_1', cfg.timeProjDim, cfg.timeEmbedDim, { bias: true });
@@ -159,7 +198,7 @@ function assemble(cfg: UnetConfig, w: UnetWeights, component: DiffusersComponent
     tf.tensor2d(timestepFeatures(timesteps, cfg.timeProjDim, cfg.flipSinToCos, cfg.freqShift), [timesteps.length, cfg.timeProjDim]);
 
   let disposed = false;
-  const forward = (sample: tf.Tensor4D, timesteps: readonly number[], context: tf.Tensor3D, linear: LinearApply): tf.Tensor4D => {
+  const forward = (sample: tf.Tensor4D, timesteps: readonly number[], context: tf.Tensor3D, linear: LinearApply, checkpointing: boolean): tf.Tensor4D => {
     if (disposed) throw new Error('Unet.forward() called after dispose()');
     const [batch, inChannels] = sample.shape;
     if (inChannels !== cfg.inChannels) throw new Error(`Unet.forward: sample has ${inChannels} channels, the UNet takes ${cfg.inChannels}`);
@@ -169,6 +208,17 @@ function assemble(cfg: UnetConfig, w: UnetWeights, component: DiffusersComponent
     }
     const temb = linear(time2, silu(linear(time1, timeProjection(timesteps))) as tf.Tensor2D);
     const inputs: BlockInputs = { linear, temb, context };
+    // Each block gets the activations and the one other tensor it reads as the inputs of a checkpoint, so that
+    // their gradients (a LoRA on the time embedding or the text encoder trains through them) leave its op.
+    const step = (b: UnetBlock, x: tf.Tensor4D): tf.Tensor4D => {
+      const withExtra = (extra: tf.Tensor, apply: LinearApply): BlockInputs =>
+        b.reads === 'temb' ? { linear: apply, temb: extra as tf.Tensor2D, context } : { linear: apply, temb, context: extra as tf.Tensor3D };
+      return runMultiInputBlock(([h, extra], apply) => b.run(h as tf.Tensor4D, withExtra(extra!, apply)), [x, b.reads === 'temb' ? temb : context], {
+        apply: linear,
+        linears: b.linears,
+        checkpointing,
+      });
+    };
 
     let x = tf.transpose(sample, [0, 2, 3, 1]) as tf.Tensor4D;
     if (cfg.centerInputSample) x = tf.sub(tf.mul(x, 2), 1) as tf.Tensor4D;
@@ -176,8 +226,8 @@ function assemble(cfg: UnetConfig, w: UnetWeights, component: DiffusersComponent
     const skips: tf.Tensor4D[] = [x];
     for (const block of down) {
       for (const { resnet: r, attention } of block.layers) {
-        x = r(x, inputs);
-        if (attention) x = attention(x, inputs);
+        x = step(r, x);
+        if (attention) x = step(attention, x);
         skips.push(x);
       }
       if (block.downsample) {
@@ -185,12 +235,12 @@ function assemble(cfg: UnetConfig, w: UnetWeights, component: DiffusersComponent
         skips.push(x);
       }
     }
-    x = midSecond(midAttention(midFirst(x, inputs), inputs), inputs);
+    x = step(midSecond, step(midAttention, step(midFirst, x)));
     for (const block of up) {
       for (const { resnet: r, attention } of block.layers) {
         const skip = skips.pop()!;
-        x = r(tf.concat([x, skip], 3), inputs);
-        if (attention) x = attention(x, inputs);
+        x = step(r, tf.concat([x, skip], 3));
+        if (attention) x = step(attention, x);
       }
       if (block.upsample) {
         // The next skip's size: twice this one, unless an odd latent size was rounded up on the way down.
@@ -205,7 +255,8 @@ function assemble(cfg: UnetConfig, w: UnetWeights, component: DiffusersComponent
   return {
     config: cfg,
     linears: w.linears,
-    forward: (sample, timesteps, context, opts) => tf.tidy(() => forward(sample, timesteps, context, opts?.linear ?? applyLinear)),
+    forward: (sample, timesteps, context, opts) =>
+      tf.tidy(() => forward(sample, timesteps, context, opts?.linear ?? applyLinear, opts?.gradientCheckpointing ?? false)),
     timeProjection,
     dispose() {
       if (disposed) return;
