@@ -1,6 +1,6 @@
 import type { StepMetrics, TrainerCallbacks } from '../train/trainer.js';
 import { diagnose, shouldStop } from './index';
-import type { CurvePoint, Finding, RunHistory, SkippedPoint } from './types';
+import type { CurvePoint, Finding, LossKind, RunHistory, SkippedPoint } from './types';
 
 export interface DiagnosisCallbacks extends TrainerCallbacks {
   /** The curves as seen so far, for the run's export. */
@@ -35,7 +35,10 @@ export function diagnosisCallbacks(options: {
    * goes on from them, and what they already show is not reported again, as if the run had never stopped.
    */
   initial?: Omit<RunHistory, 'totalSteps'>;
+  /** What the loss measures: 'denoising' for a diffusion run, whose noisy per-step loss gets its own rules (default 'causal_lm'). */
+  loss?: LossKind;
 }): DiagnosisCallbacks {
+  const loss: LossKind = options.loss ?? options.initial?.loss ?? 'causal_lm';
   const trainLoss: CurvePoint[] = [...(options.initial?.trainLoss ?? [])];
   const evalLoss: CurvePoint[] = [...(options.initial?.evalLoss ?? [])];
   const gradNorm: CurvePoint[] = [...(options.initial?.gradNorm ?? [])];
@@ -47,7 +50,7 @@ export function diagnosisCallbacks(options: {
   let reportedJson = '[]';
   let judgedAt = trainLoss.length;
 
-  const history = (): RunHistory => ({ trainLoss, evalLoss, gradNorm, learningRate, skippedUpdates, totalSteps: options.totalSteps });
+  const history = (): RunHistory => ({ trainLoss, evalLoss, gradNorm, learningRate, skippedUpdates, totalSteps: options.totalSteps, loss });
   const judge = () => {
     latest = diagnose(history());
     judgedAt = trainLoss.length;

@@ -29,7 +29,7 @@ export function makeContext(history: RunHistory, t: Thresholds): Context {
  * steps after its checkpoint again, and the newer values are the ones that describe the weights.
  * Already-ordered input (the usual case, once per logged step) is returned as is, without copying.
  */
-function inStepOrder(points: readonly CurvePoint[]): readonly CurvePoint[] {
+export function inStepOrder(points: readonly CurvePoint[]): readonly CurvePoint[] {
   let ordered = true;
   for (let i = 1; i < points.length && ordered; i++) ordered = points[i]!.step > points[i - 1]!.step;
   if (ordered) return points;

@@ -11,6 +11,7 @@
  * (DEFAULT_THRESHOLDS carries the same text as doc comments).
  */
 import { makeContext, type Context } from './context';
+import { diagnoseDenoising } from './denoising';
 import { findDiverged } from './diverged';
 import * as fmt from './format';
 import { findLrTooHigh } from './lr_too_high';
@@ -21,7 +22,9 @@ import { resolveThresholds } from './thresholds';
 import type { Finding, RunHistory, Severity, Thresholds } from './types';
 
 export { DEFAULT_THRESHOLDS } from './thresholds';
-export type { CurvePoint, Finding, FindingCode, RunHistory, Severity, Thresholds } from './types';
+export { DEFAULT_DENOISING_THRESHOLDS, type DenoisingThresholds } from './denoising-thresholds';
+export { diagnoseDenoising } from './denoising';
+export type { CurvePoint, Finding, FindingCode, LossKind, RunHistory, Severity, Thresholds } from './types';
 
 const SEVERITY_ORDER: Record<Severity, number> = { error: 0, warning: 1, info: 2 };
 
@@ -32,6 +35,11 @@ const SEVERITY_ORDER: Record<Severity, number> = { error: 0, warning: 1, info: 2
  * option that makes no sense (a window of 0 points, a negative ratio): that is a bug in the caller.
  */
 export function diagnose(history: RunHistory, options?: Partial<Thresholds>): Finding[] {
+  // A diffusion run's curves need rules of their own (denoising.ts); their thresholds are a different set, passed to diagnoseDenoising.
+  if (history.loss === 'denoising') {
+    if (options && Object.values(options).some((v) => v !== undefined)) throw new RangeError('diagnose: a denoising run takes DenoisingThresholds; call diagnoseDenoising(history, options)');
+    return diagnoseDenoising(history);
+  }
   const ctx = makeContext(history, resolveThresholds(options));
 
   // Once the weights have blown up, every later number describes garbage, so the other rules

@@ -18,7 +18,16 @@ export interface RunHistory {
   readonly totalSteps: number;
   /** Updates the trainer skipped because a loss or gradient was not finite, in order; absent or empty when none. */
   readonly skippedUpdates?: readonly SkippedPoint[];
+  /**
+   * What the loss measures, which decides the rules that read it (absent: 'causal_lm'). 'denoising' is a diffusion
+   * run's mean squared error of the noise prediction: each step draws its own timesteps, so the per-step loss swings
+   * far more than a language model's, and the fixed-noise validation loss is the curve to judge (denoising.ts).
+   */
+  readonly loss?: LossKind;
 }
+
+/** The loss a run trains on: next-token cross-entropy (text) or the diffusion denoising MSE (images). */
+export type LossKind = 'causal_lm' | 'denoising';
 
 /** One skipped update: the step it would have been, how many were skipped in a row with it, and what was not finite. */
 export interface SkippedPoint {

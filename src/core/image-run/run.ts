@@ -147,7 +147,8 @@ export async function trainImageLora(input: ImageRunInput, sink: ImageRunSink): 
       logger = tensorBoardCallbacks({ writer, flush: async (bytes) => sink.log(bytes), clock: now });
       sets.push(logger);
     }
-    const diagnosis = diagnosisCallbacks({ totalSteps: trainer.totalSteps, onFindings: (f) => sink.findings?.(f) });
+    // The denoising rules: a noisier loss, judged mostly by the fixed-noise validation curve (diagnose/README.md).
+    const diagnosis = diagnosisCallbacks({ totalSteps: trainer.totalSteps, loss: 'denoising', onFindings: (f) => sink.findings?.(f) });
     sets.push(diagnosis);
 
     const takeSamples = async (step: number): Promise<void> => {
