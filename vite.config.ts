@@ -29,7 +29,7 @@ export default defineConfig({
         ],
       },
       workbox: {
-        globPatterns: ['**/*.{js,css,html,wasm,png,svg,json,txt,safetensors,wgsl,webmanifest}'],
+        globPatterns: ['**/*.{js,css,html,wasm,png,svg,json,txt,csv,safetensors,wgsl,webmanifest}'],
         maximumFileSizeToCacheInBytes: PRECACHE_LIMIT_BYTES,
         cleanupOutdatedCaches: true,
         // The first visit's page is taken over at once, so it works offline without a reload.

@@ -11,6 +11,7 @@ import type { StoredDiffusionModel } from './diffusion-models';
 import type { StoredImageDataset } from './image-datasets';
 import type { StoredFileChunk } from './stored-files';
 import type { LatentRow } from './latent-cache';
+import type { StoredImageAdapter } from './image-adapters';
 
 /** A base model as the library lists it. Its weights live in the `tensors` store. */
 export interface StoredModel {
@@ -161,10 +162,11 @@ export interface LoraLabSchema extends DBSchema {
   imageDatasets: { key: string; value: StoredImageDataset };
   imageDatasetFiles: { key: [string, string, number]; value: StoredFileChunk };
   latents: { key: [string, string, number, number, number]; value: LatentRow; indexes: { byDataset: string } };
+  imageAdapters: { key: [string, string]; value: StoredImageAdapter };
 }
 
 export const DB_NAME = 'lora-lab';
-const DB_VERSION = 7;
+export const DB_VERSION = 8;
 
 export type LoraLabDb = IDBPDatabase<LoraLabSchema>;
 
@@ -213,6 +215,11 @@ export function openDatabase(): Promise<LoraLabDb> {
         db.createObjectStore('imageDatasetFiles', { keyPath: ['ownerId', 'path', 'index'] });
         const latents = db.createObjectStore('latents', { keyPath: ['modelId', 'datasetId', 'resolution', 'flip', 'index'] });
         latents.createIndex('byDataset', 'datasetId');
+      }
+      if (oldVersion < 8) {
+        // Image LoRAs (kohya files, PEFT folders) imported onto a Stable Diffusion model, keyed by model id and name
+        // (see image-adapters.ts); deleted with the model.
+        db.createObjectStore('imageAdapters', { keyPath: ['modelId', 'name'] });
       }
     },
     blocking() {

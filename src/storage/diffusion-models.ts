@@ -41,8 +41,8 @@ export interface StoredDiffusionModel {
   readonly importedAt: number;
 }
 
-/** A model's slices: its files, and the latents cached with it (latent-cache.ts), whose keys begin with its id. */
-export const DIFFUSION_MODEL_RECORDS: RecordKind = { records: 'diffusionModels', slices: ['diffusionFiles', 'latents'], lock: lockName.modelImport };
+/** A model's slices: its files, the latents cached with it (latent-cache.ts) and its image LoRAs (image-adapters.ts), whose keys begin with its id. */
+export const DIFFUSION_MODEL_RECORDS: RecordKind = { records: 'diffusionModels', slices: ['diffusionFiles', 'latents', 'imageAdapters'], lock: lockName.modelImport };
 
 /** Slices of 16 MiB, as language-model weights (import-model.ts). */
 export const DIFFUSION_CHUNK_BYTES = 16 * 1024 * 1024;

@@ -3,6 +3,7 @@ import type { StoredAdapter } from './adapters';
 import type { StoredDataset } from './datasets';
 import { slicesOf } from './chunked-records';
 import { artifactSize } from './runs';
+import { imageAdapterInfo } from './image-adapters';
 import { latentBytesByModel } from './latent-cache';
 
 /**
@@ -42,13 +43,18 @@ export interface RunUsage {
   readonly keptBytes: number;
 }
 
-/** A Stable Diffusion model (diffusion-models.ts): its files, and the latents cached under it, which go with it. */
+/**
+ * A Stable Diffusion model (diffusion-models.ts): its files, and what goes with it when it is deleted: the latents
+ * cached under it and the image LoRAs imported for it (image-adapters.ts).
+ */
 export interface DiffusionModelUsage {
   readonly id: string;
   readonly name: string;
   readonly bytes: number;
   /** Of `bytes`, the cached latents of datasets encoded by this model (latent-cache.ts). */
   readonly latentBytes: number;
+  /** Of `bytes`, the image LoRAs stored with it. */
+  readonly adapterBytes: number;
 }
 
 export interface StorageUsage {
@@ -78,9 +84,15 @@ export async function storageUsage(db: LoraLabDb): Promise<StorageUsage> {
   const runs: RunUsage[] = [];
   for (const run of storedRuns) runs.push(await runUsage(db, run));
   const latents = await latentBytesByModel(db);
+  const imageAdapterBytes = new Map<string, number>();
+  for (const a of await db.getAll('imageAdapters')) imageAdapterBytes.set(a.modelId, (imageAdapterBytes.get(a.modelId) ?? 0) + imageAdapterInfo(a).sizeBytes);
   const diffusionModels = (await db.getAll('diffusionModels'))
     .filter((m) => m.status === 'ready')
-    .map((m): DiffusionModelUsage => ({ id: m.id, name: m.name, bytes: m.sizeBytes + (latents.get(m.id) ?? 0), latentBytes: latents.get(m.id) ?? 0 }));
+    .map((m): DiffusionModelUsage => {
+      const latentBytes = latents.get(m.id) ?? 0;
+      const adapterBytes = imageAdapterBytes.get(m.id) ?? 0;
+      return { id: m.id, name: m.name, bytes: m.sizeBytes + latentBytes + adapterBytes, latentBytes, adapterBytes };
+    });
   const imageDatasets = (await db.getAll('imageDatasets'))
     .filter((d) => d.status === 'ready')
     .map((d): DatasetUsage => ({

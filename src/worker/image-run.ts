@@ -3,7 +3,8 @@ import { imageTrainingOf, parseRunConfigYaml, runName, unwrapRunConfig, type Run
 import { tagFrequency, type ImageEntry } from '../core/data/images/index';
 import { UserError } from '../core/errors';
 import { runSummaryJson } from '../core/export/run-summary';
-import { trainImageLora } from '../core/image-run/run';
+import { imageConfigWithInitAdapter, trainImageLora, type ImageInitAdapter } from '../core/image-run/run';
+import { writtenConfigKeys } from '../core/lora/adapter-check';
 import type { DiffusersFolder } from '../core/models/diffusion/component';
 import { readComponentConfig } from '../core/models/diffusion/component';
 import { parseNoiseSchedule } from '../core/models/diffusion/noise';
@@ -16,6 +17,7 @@ import type { LoraLabDb, StoredRun } from '../storage/db';
 import { lockName, type Locks } from '../storage/locks';
 import { appendLog, putArtifact, putMetric, putRun, updateRun } from '../storage/runs';
 import { decodeWithImageBitmap } from './image-decoder';
+import { imageInitAdapterOf } from './image-adapters';
 import { imageSetOf, openImageModel, readImageData, type ImageDataRef, type ImageModelRef } from './image-library';
 import type { RunContext } from './training-run';
 import type { TrainResult } from './protocol';
@@ -57,12 +59,16 @@ export async function trainImageRun(db: LoraLabDb, request: ImageTrainRequest, c
   }
   const model = await openImageModel(db, request.model);
   const folder: DiffusersFolder = model.folder;
+  // init_adapter: read and checked against the model's headers before its weights are loaded.
+  const initAdapter = await imageInitAdapterOf(db, config.init_adapter, model);
   ctx.progress({ phase: 'Loading weights', done: 0, total: 1, unit: 'steps' });
   const before = tf.memory().numBytes;
   const pipeline = await loadSamplingPipeline(folder, { unetPlacement: placementFor(config.base_quantization) });
   // What loading the pipeline added: the UNet's, VAE's and text encoder's weights as the device holds them.
   const baseBytes = tf.memory().numBytes - before;
   try {
+    // The run takes init_adapter's LoRA shape; a config that disagrees is refused before any image is encoded.
+    const runConfig = initAdapter ? imageConfigWithInitAdapter(config, writtenConfigKeys(request.configYaml), initAdapter, pipeline.unet) : config;
     const schedule = parseNoiseSchedule(await readComponentConfig(folder, 'scheduler'));
     const trainData = await readImageData(db, request.train, config);
     const valData = request.val ? await readImageData(db, request.val, config) : null;
@@ -73,7 +79,7 @@ export async function trainImageRun(db: LoraLabDb, request: ImageTrainRequest, c
     const runId = crypto.randomUUID();
     const imageData = { train: trainData.datasetId, val: valData?.datasetId ?? null };
     return await locks.hold(lockName.run(runId), () =>
-      runImages(db, runId, { config, pipeline, schedule, train, val, entries: trainData.entries, modelId: model.modelId, modelName: model.name, imageData, baseBytes }, ctx),
+      runImages(db, runId, { config: runConfig, pipeline, schedule, train, val, entries: trainData.entries, modelId: model.modelId, modelName: model.name, imageData, baseBytes, initAdapter }, ctx),
     );
   } finally {
     pipeline.dispose();
@@ -92,6 +98,8 @@ interface Prepared {
   readonly modelName: string;
   readonly imageData: NonNullable<StoredRun['imageData']>;
   readonly baseBytes: number;
+  /** init_adapter's tensors; null for a fresh LoRA. */
+  readonly initAdapter: ImageInitAdapter | null;
 }
 
 async function runImages(db: LoraLabDb, runId: string, p: Prepared, ctx: RunContext): Promise<TrainResult> {
@@ -139,6 +147,7 @@ async function runImages(db: LoraLabDb, runId: string, p: Prepared, ctx: RunCont
         train: p.train,
         val: p.val,
         baseModelName: p.modelName,
+        initAdapter: p.initAdapter,
         dataset: { dirs, tagFrequency: tagFrequency(p.entries) },
         measureLoss: (inner) => measure.lossFn(inner, (batch: ImageBatch) => batch.latents.shape[0]),
         callbacks: [

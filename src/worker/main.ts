@@ -14,6 +14,7 @@ import { selectBackend } from './backend';
 import { estimateStoredRun, importDatasetFile, previewStoredDataset } from './datasets';
 import { ModelSlot } from './loaded-model';
 import { evaluateStoredAdapter, importAdapterFiles } from './stored-adapters';
+import { importImageAdapter, listStoredImageAdapters } from './image-adapters';
 import { asTheOneTrainer } from './one-trainer';
 import type { ErrorDetail, Request, RequestName, Requests, Response, RunControl, ToWorker } from './protocol';
 import { resumeRequestOf } from './resume';
@@ -182,6 +183,14 @@ const handlers: { [K in RequestName]: Handler<K> } = {
 
   async importDiffusionModel(payload, ctx) {
     return { model: await importDiffusionFolder(await openDatabase(), payload, ctx, locks) };
+  },
+
+  async importImageAdapter(payload, ctx) {
+    return { adapter: await importImageAdapter(await openDatabase(), payload, ctx) };
+  },
+
+  async listImageAdapters({ modelId }) {
+    return { adapters: await listStoredImageAdapters(await openDatabase(), modelId) };
   },
 
   async listImageLibrary() {

@@ -7,6 +7,8 @@ import type { AdapterEvalRequest, AdapterEvalResult } from './stored-adapters';
 import type { CompareRequest, CompareResult, PlaygroundAdapter } from './playground';
 import type { ImageTrainRequest } from './image-run';
 import type { ImageDatasetPreviewRequest, ImportFolderRequest } from './image-library';
+import type { ImageAdapterImportRequest } from './image-adapters';
+import type { ImageAdapterInfo } from '../storage/image-adapters';
 import type { StoredDiffusionModel } from '../storage/diffusion-models';
 import type { ImageDatasetPreview, ImageDatasetSummary } from '../storage/image-datasets';
 import type { ImageFolderPreview, ImageFolderPreviewRequest } from './image-preview';
@@ -151,6 +153,10 @@ export interface Requests {
   importDiffusionModel: { payload: ImportFolderRequest; result: { model: StoredDiffusionModel } };
   /** Stored Stable Diffusion models and image folders, newest first. */
   listImageLibrary: { payload: Record<string, never>; result: { models: StoredDiffusionModel[]; datasets: ImageDatasetSummary[] } };
+  /** Checks an image LoRA (a kohya .safetensors, or a PEFT folder with its text_encoder/) against a stored SD model, then stores it under `name` with it (nothing is stored when a check fails). */
+  importImageAdapter: { payload: ImageAdapterImportRequest; result: { adapter: ImageAdapterInfo } };
+  /** The image LoRAs stored with an SD model, newest first (what `init_adapter` may name). */
+  listImageAdapters: { payload: { modelId: string }; result: { adapters: ImageAdapterInfo[] } };
   /** Deletes a Stable Diffusion model and the latents cached with it; refused while a run trains on it. */
   deleteDiffusionModel: { payload: { modelId: string }; result: { modelId: string } };
   /** Reads an image folder (captions, repeats), decodes every image once, then stores it in the library. */

@@ -25,7 +25,7 @@ test('picks a diffusers folder and an image folder, previews them, trains, and s
   await panel.getByTestId('image-val-folder').setInputFiles(join(SD_DIR, 'data-stripes-heldout'));
   await Promise.race([
     panel.getByTestId('image-preview-summary').waitFor({ timeout: 60_000 }),
-    panel.getByRole('alert').first().waitFor({ timeout: 60_000 }).then(async () => expect.fail(`the preview failed: ${await panel.getByRole('alert').first().textContent()}`)),
+    panel.locator('.error[role=alert]').first().waitFor({ timeout: 60_000 }).then(async () => expect.fail(`the preview failed: ${await panel.locator('.error[role=alert]').first().textContent()}`)),
   ]);
   expect(await panel.getByTestId('image-preview-summary').textContent()).toBe('40 images, 40 per epoch with repeats.');
   // At the default resolution (512) these 32-pixel images would be enlarged 16 times: the preview says so.
@@ -62,7 +62,7 @@ test('picks a diffusers folder and an image folder, previews them, trains, and s
   const ended = panel.getByTestId('image-status').filter({ hasText: 'ended:' });
   await Promise.race([
     ended.waitFor({ timeout: 240_000 }),
-    panel.getByRole('alert').first().waitFor({ timeout: 240_000 }).then(async () => expect.fail(`the run failed: ${await panel.getByRole('alert').first().textContent()}`)),
+    panel.locator('.error[role=alert]').first().waitFor({ timeout: 240_000 }).then(async () => expect.fail(`the run failed: ${await panel.locator('.error[role=alert]').first().textContent()}`)),
   ]);
   expect(await ended.textContent()).toMatch(/^\s*Step 4 of 4 .* ended: completed\s*$/s);
 

@@ -16,7 +16,7 @@ import type { PreparedImage } from '../../src/core/models/diffusion/latent-cache
 import { loadSamplingPipeline, type SamplingPipeline } from '../../src/core/models/diffusion/sample';
 import type { SingleFileConfigs } from '../../src/core/models/diffusion/single-file';
 import { bytesSource, type ByteSource } from '../../src/core/safetensors/index';
-import { closeDatabase, DB_NAME, openDatabase, type LoraLabDb, type StoredRun } from '../../src/storage/db';
+import { closeDatabase, DB_NAME, DB_VERSION, openDatabase, type LoraLabDb, type StoredRun } from '../../src/storage/db';
 import {
   deleteDiffusionModel,
   importDiffusionModel,
@@ -232,14 +232,14 @@ describe('diffusion models in IndexedDB', () => {
 });
 
 describe('library housekeeping', () => {
-  it('the version-7 migration adds the image stores to an older database without touching its data', async () => {
+  it('the migrations from an older database add the image stores without touching its data', async () => {
     await closeDatabase();
     await deleteDB(DB_NAME);
     const v5 = await freshDbAtVersion(5);
     await v5.put('models', { id: 'old-model', status: 'ready', name: 'old' });
     v5.close();
     db = await openDatabase();
-    expect(db.version).toBe(7);
+    expect(db.version).toBe(DB_VERSION);
     expect(await db.get('models', 'old-model')).toEqual({ id: 'old-model', status: 'ready', name: 'old' });
     expect(await listDiffusionModels(db)).toEqual([]);
     expect(await db.count('latents')).toBe(0);
@@ -438,7 +438,7 @@ describe('latent cache', () => {
     await cachedImageSet(db, key, pipeline, await images({ count: 0 }, false), { trainTextEncoder: false });
     const usage = await storageUsage(db);
     const latentBytes = 40 * 4 * 8 * 8 * 4;
-    expect(usage.diffusionModels).toEqual([{ id: model.id, name: 'tiny-sd', bytes: model.sizeBytes + latentBytes, latentBytes }]);
+    expect(usage.diffusionModels).toEqual([{ id: model.id, name: 'tiny-sd', bytes: model.sizeBytes + latentBytes, latentBytes, adapterBytes: 0 }]);
     const thumbs = dataset.images.reduce((n, i) => n + i.thumbnail.byteLength, 0);
     const onDisk = readdirSync(join(SD_FIXTURES, 'data-stripes')).reduce((n, f) => n + statSync(join(SD_FIXTURES, 'data-stripes', f)).size, 0);
     expect(usage.imageDatasets).toEqual([{ id: dataset.id, name: 'data-stripes', bytes: onDisk + thumbs, neededBy: [] }]);

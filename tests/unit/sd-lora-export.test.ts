@@ -286,7 +286,7 @@ describe('kohyaMetadata', () => {
 });
 
 describe('diffusersPeftFiles: the fixture adapter as a PEFT folder', () => {
-  const options = { rank: 4, alpha: 4, targetModules: ['to_q', 'to_k', 'to_v', 'to_out.0'], baseModelName: 'tiny-sd', ...SD1 };
+  const options = { network: 'unet' as const, rank: 4, alpha: 4, targetModules: ['to_q', 'to_k', 'to_v', 'to_out.0'], baseModelName: 'tiny-sd', ...SD1 };
 
   it("writes adapter_model.safetensors byte for byte as the fixture's (PEFT's names, F32, format pt)", () => {
     const files = diffusersPeftFiles(modules, options);
@@ -321,6 +321,6 @@ describe('diffusersPeftFiles: the fixture adapter as a PEFT folder', () => {
     ]);
     expect(() => diffusersPeftFiles([proj], options)).toThrow(/not selected by target_modules/);
     expect(() => diffusersPeftFiles([{ ...proj, alpha: 8 }], { ...options, targetModules: ['proj_out'] })).toThrow(/rank 4 and alpha 8, not the config's 4 and 4/);
-    expect(() => diffusersPeftFiles([{ ...proj, network: 'text_encoder' }], { ...options, targetModules: ['proj_out'] })).toThrow(/UNet adapter/);
+    expect(() => diffusersPeftFiles([{ ...proj, network: 'text_encoder' }], { ...options, targetModules: ['proj_out'] })).toThrow(/holds the unet's adapter/);
   });
 });

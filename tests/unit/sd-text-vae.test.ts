@@ -8,6 +8,7 @@ import { loadClipTokenizer, loadClipTokenizerFromFolder, type ClipTokenizer } fr
 import { disposeComponent, loadDiffusersComponent } from '../../src/core/models/diffusion/component';
 import { buildVae, pixelsFromBytes } from '../../src/core/models/diffusion/vae';
 import { isUserError } from '../../src/core/errors';
+import { bytesSource } from '../../src/core/safetensors/index';
 import { diffusersFolderFromDisk, readSdFixtureJson, SD_FIXTURES, TINY_SD } from './support/diffusers-folder';
 import { decodePng } from './support/png';
 
@@ -100,6 +101,31 @@ describe('SD text encoder and VAE against the PyTorch reference', () => {
     const { lastHiddenState, pooled } = model.forward(fixture.inputs.input_ids);
     expectClose(lastHiddenState, fixture.outputs.text_last_hidden_state, fixture.tolerance);
     expectClose(pooled, fixture.outputs.text_pooled, fixture.tolerance);
+    tf.dispose([lastHiddenState, pooled]);
+    model.dispose();
+  });
+
+  it("reads a text encoder file that holds an I64 position_ids buffer (as SD 1.5's does) and gives the same states", async () => {
+    // The fixture's text encoder with `text_model.embeddings.position_ids` [1, 77] I64 appended, as older
+    // transformers saved it; the header is rewritten by hand (our writer writes float tensors only).
+    const original = new Uint8Array(readFileSync(join(TINY_SD, 'text_encoder', 'model.safetensors')));
+    const headerLength = Number(new DataView(original.buffer, original.byteOffset).getBigUint64(0, true));
+    const header = JSON.parse(new TextDecoder().decode(original.subarray(8, 8 + headerLength))) as Record<string, { data_offsets?: [number, number] }>;
+    const data = original.subarray(8 + headerLength);
+    const positions = new BigInt64Array(77).map((_, i) => BigInt(i));
+    header['text_model.embeddings.position_ids'] = { dtype: 'I64', shape: [1, 77], data_offsets: [data.length, data.length + positions.byteLength] } as never;
+    let json = JSON.stringify(header);
+    json += ' '.repeat((8 - ((8 + json.length) % 8)) % 8);
+    const file = new Uint8Array(8 + json.length + data.length + positions.byteLength);
+    new DataView(file.buffer).setBigUint64(0, BigInt(json.length), true);
+    file.set(new TextEncoder().encode(json), 8);
+    file.set(data, 8 + json.length);
+    file.set(new Uint8Array(positions.buffer), 8 + json.length + data.length);
+    const withPositions = new Map(folder);
+    withPositions.set('text_encoder/model.safetensors', bytesSource('text_encoder/model.safetensors', file));
+    const model = buildClipTextModel(await loadDiffusersComponent(withPositions, 'text_encoder'));
+    const { lastHiddenState, pooled } = model.forward(fixture.inputs.input_ids);
+    expectClose(lastHiddenState, fixture.outputs.text_last_hidden_state, fixture.tolerance);
     tf.dispose([lastHiddenState, pooled]);
     model.dispose();
   });

@@ -1,6 +1,6 @@
 import { moduleMatches } from '../lora/settings.js';
 import { writeSafetensors } from '../safetensors/index.js';
-import { loraFactorShapes, type ExportLoraModule, type UnetProjectionKind } from './kohya-lora.js';
+import { loraFactorShapes, type ExportLoraModule, type LoraNetwork, type UnetProjectionKind } from './kohya-lora.js';
 import { peftTensorName } from './peft.js';
 
 /**
@@ -12,6 +12,8 @@ import { peftTensorName } from './peft.js';
  */
 
 export interface DiffusersPeftOptions extends UnetProjectionKind {
+  /** The network the folder holds: PEFT keeps one model's adapter per folder (the text encoder's goes in its own). */
+  readonly network: LoraNetwork;
   readonly rank: number;
   readonly alpha: number;
   /** LoraConfig.target_modules: module names (`to_q`, `to_out.0`) or full paths, matched as PEFT does (exact or `.suffix`). */
@@ -26,13 +28,13 @@ export interface DiffusersPeftFiles {
 }
 
 /**
- * The two files of a PEFT UNet LoRA. Modules that are not the UNet's, a rank or alpha other than the config's, or a
+ * The two files of a PEFT LoRA of one network (the UNet, or the text encoder). Modules of another network, a rank or alpha other than the config's, or a
  * module the target list does not select are bugs in the caller (PEFT could not load the result), so they throw.
  */
 export function diffusersPeftFiles(modules: readonly ExportLoraModule[], options: DiffusersPeftOptions): DiffusersPeftFiles {
   if (modules.length === 0) throw new Error('PEFT export: no modules to save');
   const tensors = modules.flatMap((m) => {
-    if (m.network !== 'unet') throw new Error(`PEFT export: module ${m.path} is in the ${m.network}; this folder holds a UNet adapter`);
+    if (m.network !== options.network) throw new Error(`PEFT export: module ${m.path} is in the ${m.network}; this folder holds the ${options.network}'s adapter`);
     if (m.rank !== options.rank || m.alpha !== options.alpha) {
       throw new Error(`PEFT export: module ${m.path} has rank ${m.rank} and alpha ${m.alpha}, not the config's ${options.rank} and ${options.alpha}`);
     }

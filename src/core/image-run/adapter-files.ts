@@ -54,20 +54,16 @@ export async function imageAdapterFiles(
   if (textEncoder) checkNetwork(textEncoder, 'text_encoder');
   const kind = { unetUseLinearProjection: opts.unet.config.useLinearProjection };
   const kohya = await kohyaLoraFile([...unet.modules, ...(textEncoder?.modules ?? [])], kohyaMetadata(opts.notes), kind);
-  const files: Record<string, Uint8Array | string> = { [`${opts.runName}.safetensors`]: kohya, ...peftFolder(unet, opts.baseModelName, kind) };
+  const files: Record<string, Uint8Array | string> = { [`${opts.runName}.safetensors`]: kohya, ...peftFolder(unet, 'unet', opts.baseModelName, kind) };
   if (textEncoder) {
-    // diffusersPeftFiles writes one network's folder and checks its modules are the UNet's (so no two networks share
-    // a folder). The text encoder's folder is that same format over CLIPTextModel, whose projections are all
-    // nn.Linear (never the UNet's 1×1 convolutions), so its modules go through as the folder's one network.
-    const asOwnFolder: TrainedNetwork = { ...textEncoder, modules: textEncoder.modules.map((m) => ({ ...m, network: 'unet' as const })) };
-    for (const [name, bytes] of Object.entries(peftFolder(asOwnFolder, opts.baseModelName, kind))) files[`${TEXT_ENCODER_PEFT_DIR}/${name}`] = bytes;
+    for (const [name, bytes] of Object.entries(peftFolder(textEncoder, 'text_encoder', opts.baseModelName, kind))) files[`${TEXT_ENCODER_PEFT_DIR}/${name}`] = bytes;
   }
   return files;
 }
 
-function peftFolder(network: TrainedNetwork, baseModelName: string, kind: { readonly unetUseLinearProjection: boolean }): Record<string, Uint8Array | string> {
+function peftFolder(network: TrainedNetwork, name: LoraNetwork, baseModelName: string, kind: { readonly unetUseLinearProjection: boolean }): Record<string, Uint8Array | string> {
   const first = network.modules[0]!;
-  return { ...diffusersPeftFiles(network.modules, { rank: first.rank, alpha: first.alpha, targetModules: network.targetModules, baseModelName, ...kind }) };
+  return { ...diffusersPeftFiles(network.modules, { network: name, rank: first.rank, alpha: first.alpha, targetModules: network.targetModules, baseModelName, ...kind }) };
 }
 
 /** A network's modules are all its own, and there is at least one: anything else is a bug in the run. */

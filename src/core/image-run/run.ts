@@ -5,8 +5,10 @@ import type { KohyaDatasetDir, TagFrequency } from '../export/kohya-lora.js';
 import { diagnosisJson, metricsCsv, type MetricsCsvRow } from '../export/run-files.js';
 import { EventFileWriter } from '../logging/writer.js';
 import { tensorBoardCallbacks } from '../logging/tensorboard-callbacks.js';
-import { LoraAdapter } from '../lora/adapter.js';
-import type { LoraSettings } from '../lora/settings.js';
+import { UserError } from '../errors.js';
+import { LoraAdapter, type LoraModuleTensors } from '../lora/adapter.js';
+import { resolveTargets, type LoraSettings, type ProjectionShape } from '../lora/settings.js';
+import type { RunConfigKey } from '../config/schema.js';
 import { loraTargetsOf } from '../models/diffusion/lora-targets.js';
 import type { NoiseSchedule } from '../models/diffusion/noise.js';
 import type { SamplingPipeline } from '../models/diffusion/sample.js';
@@ -58,6 +60,23 @@ export interface ImageRunInput {
   readonly onTrainer?: (run: { readonly trainer: Trainer<unknown>; readonly trainableParameters: number }) => void;
   /** Wraps the training loss, e.g. to time each step (the worker's run_summary.json). */
   readonly measureLoss?: (inner: LossFn<ImageBatch>) => LossFn<ImageBatch>;
+  /**
+   * `init_adapter`: the stored image LoRA the run starts from. Its rank, alpha, rsLoRA and modules are the run's LoRA
+   * shape (imageConfigWithInitAdapter puts them into the config the run is stored with), its A and B the start.
+   */
+  readonly initAdapter?: ImageInitAdapter | null;
+}
+
+/** A stored image LoRA as a run starts from it: its LoRA shape and its tensors per network, by module path. */
+export interface ImageInitAdapter {
+  /** As init_adapter names it, for messages. */
+  readonly name: string;
+  readonly rank: number;
+  readonly alpha: number;
+  readonly useRslora: boolean;
+  readonly unet: ReadonlyMap<string, LoraModuleTensors>;
+  /** null: the adapter leaves the text encoder alone. */
+  readonly textEncoder: ReadonlyMap<string, LoraModuleTensors> | null;
 }
 
 export interface ImageRunResult {
@@ -98,15 +117,27 @@ export async function trainImageLora(input: ImageRunInput, sink: ImageRunSink): 
   const { config, pipeline, schedule } = input;
   const now = input.clock ?? (() => Date.now() / 1000);
   const started = now();
-  const settings = imageLoraSettings(config);
+  const configSettings = imageLoraSettings(config);
   const training = imageTrainingOf(config);
   const rates = imageLearningRates(training);
   checkCaptionKind(input, rates.textEncoderScale !== null);
-  const textSettings = loraSettingsOf(config, 'sd-text-encoder');
-  const adapter = LoraAdapter.create(loraTargetsOf(pipeline.unet, 'sd-unet'), settings, config.seed);
+  const init = input.initAdapter ?? null;
+  if (init) checkInitTextEncoder(init, rates.textEncoderScale !== null);
+  // Started from an adapter: its shape, whatever the config says (imageConfigWithInitAdapter refused disagreements).
+  const settings = init ? { ...configSettings, ...initShape(init), targetModules: [...init.unet.keys()] } : configSettings;
+  const configTextSettings = loraSettingsOf(config, 'sd-text-encoder');
+  const textSettings = init?.textEncoder ? { ...configTextSettings, ...initShape(init), targetModules: [...init.textEncoder.keys()] } : configTextSettings;
+  const unetTargets = loraTargetsOf(pipeline.unet, 'sd-unet');
+  const adapter = init ? LoraAdapter.fromTensors(unetTargets, settings, init.unet) : LoraAdapter.create(unetTargets, settings, config.seed);
   let textAdapter: LoraAdapter | null = null;
   try {
-    textAdapter = rates.textEncoderScale === null ? null : LoraAdapter.create(loraTargetsOf(pipeline.textEncoder, 'sd-text-encoder'), textSettings, textEncoderLoraSeed(config.seed));
+    const textTargets = loraTargetsOf(pipeline.textEncoder, 'sd-text-encoder');
+    textAdapter =
+      rates.textEncoderScale === null
+        ? null
+        : init?.textEncoder
+          ? LoraAdapter.fromTensors(textTargets, textSettings, init.textEncoder)
+          : LoraAdapter.create(textTargets, textSettings, textEncoderLoraSeed(config.seed));
     const textEncoder = textAdapter ? { model: pipeline.textEncoder, adapter: textAdapter } : null;
     const parts = { unet: pipeline.unet, schedule, unetAdapter: adapter, textEncoder };
     const unetVariables = adapter.variables();
@@ -253,4 +284,47 @@ function checkCaptionKind(input: ImageRunInput, trainsTextEncoder: boolean): voi
       );
     }
   }
+}
+
+const initShape = (init: ImageInitAdapter) => ({ rank: init.rank, alpha: init.alpha, useRslora: init.useRslora });
+
+/** An adapter with text-encoder modules needs a run that trains the text encoder, or half of it would be dropped. */
+function checkInitTextEncoder(init: ImageInitAdapter, trainsTextEncoder: boolean): void {
+  if (init.textEncoder && !trainsTextEncoder) {
+    throw new UserError(
+      'init_adapter',
+      `the adapter "${init.name}" adapts the text encoder too (${init.textEncoder.size} modules), but this run does not train the text encoder.`,
+      'Set train_text_encoder: true (and a text_encoder_lr above 0), or start from an adapter of the UNet only.',
+    );
+  }
+}
+
+/**
+ * `init_adapter` for an image run, as configWithInitAdapter does it for text: the run config with the adapter's LoRA
+ * shape (lora_rank, lora_alpha, use_rslora, target_modules = the UNet modules it adapts), so the stored run and
+ * config.yaml say what was trained. Keys the config text writes (`written`, writtenConfigKeys) must agree with the
+ * adapter, or the config was written for another adapter and is refused naming both values; target_modules agrees
+ * when it selects the same UNet projections.
+ */
+export function imageConfigWithInitAdapter(config: RunConfig, written: ReadonlySet<RunConfigKey>, init: ImageInitAdapter, unet: { readonly linears: readonly ProjectionShape[] }): RunConfig {
+  const refuse = (what: string, key: RunConfigKey, mine: string, theirs: string): never => {
+    throw new UserError('init_adapter', `the adapter "${init.name}" has ${what} = ${theirs}, but ${key} is ${mine}.`, `Remove ${key} or set it to ${theirs}.`);
+  };
+  if (init.unet.size === 0) {
+    throw new UserError('init_adapter', `the adapter "${init.name}" adapts no UNet module.`, 'Start from a LoRA that adapts the UNet.');
+  }
+  checkInitTextEncoder(init, imageTrainingOf(config).textEncoderLearningRate !== null);
+  if (written.has('lora_rank') && config.lora_rank !== init.rank) refuse('rank', 'lora_rank', String(config.lora_rank), String(init.rank));
+  if (written.has('lora_alpha') && config.lora_alpha !== init.alpha) refuse('alpha', 'lora_alpha', String(config.lora_alpha), String(init.alpha));
+  if (written.has('use_rslora') && config.use_rslora !== init.useRslora) refuse('use_rslora', 'use_rslora', String(config.use_rslora), String(init.useRslora));
+  const adapted = [...init.unet.keys()];
+  if (written.has('target_modules') && config.target_modules !== null) {
+    const selected = resolveTargets({ config: { modelType: 'sd-unet', tiedEmbeddings: false }, linears: unet.linears }, imageLoraSettings(config).targetModules);
+    const same = !('problem' in selected) && selected.linears.length === adapted.length && selected.linears.every((l) => init.unet.has(l.path));
+    if (!same) {
+      const mine = config.target_modules === 'all-linear' ? 'all-linear' : `[${config.target_modules.join(', ')}]`;
+      refuse('modules', 'target_modules', mine, `its ${adapted.length} UNet projections`);
+    }
+  }
+  return { ...config, lora_rank: init.rank, lora_alpha: init.alpha, use_rslora: init.useRslora, target_modules: adapted };
 }

@@ -54,7 +54,7 @@ export async function readComponentConfig(
 }
 
 /** Finds the component's safetensors weights (a diffusers or transformers file name, or the only one there is). */
-function weightsSource(folder: DiffusersFolder, name: DiffusersComponentName): ByteSource {
+export function weightsSource(folder: DiffusersFolder, name: DiffusersComponentName): ByteSource {
   for (const file of WEIGHT_FILES) {
     const source = folder.get(`${name}/${file}`);
     if (source) return source;
@@ -82,7 +82,9 @@ function weightsSource(folder: DiffusersFolder, name: DiffusersComponentName): B
 export async function loadDiffusersComponent(folder: DiffusersFolder, name: DiffusersComponentName): Promise<DiffusersComponent> {
   const config = await readComponentConfig(folder, name);
   const source = weightsSource(folder, name);
-  const header = await readHeader(source);
+  // Integer buffers are passed over: SD 1.x text encoders saved by older transformers hold `position_ids` as I64,
+  // which no model here reads (positions are 0 … n−1).
+  const header = await readHeader(source, { skipIntegerTensors: true });
   const weights = new Map<string, tf.Tensor>();
   try {
     for (const entry of header.tensors) {
