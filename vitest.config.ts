@@ -6,5 +6,8 @@ export default defineConfig({
     include: ['tests/unit/**/*.test.ts'],
     environment: 'node',
     testTimeout: 60_000,
+    // Two workers: the tests are CPU-bound and each tfjs backend computes on one thread, so on the 2-core CI machine
+    // vitest's default (cores − 1 = one worker) left a core idle: 578 s → 257 s for the unit suite here.
+    maxWorkers: 2,
   },
 });
