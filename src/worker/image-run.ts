@@ -46,11 +46,10 @@ export interface ImageTrainRequest {
 const LOG_HOST = 'lora-lab';
 
 /**
- * An image LoRA run in the worker: the diffusers folder loaded from the picked files, the images decoded, cropped
- * and encoded to latents once, then trainImageLora with the run's curves, log and files going into IndexedDB as a
- * language-model run's do, so the Runs panel, the zip and the headless runner read it the same way.
- * The model and the images come from the library (latents cached per model, dataset, resolution and flip) or from
- * folders picked for the run. Not yet resumable.
+ * An image LoRA run in the worker: the model loaded and the images decoded, cropped and encoded to latents once, then
+ * trainImageLora with the run's curves, log and files going into IndexedDB as a language-model run's do, so the Runs
+ * panel, the zip and the headless runner read it the same way. The model and the images come from the library
+ * (latents cached per model, dataset, resolution and flip) or from folders picked for the run. Not yet resumable.
  */
 export async function trainImageRun(db: LoraLabDb, request: ImageTrainRequest, ctx: RunContext, locks: Locks): Promise<TrainResult> {
   const { config } = unwrapRunConfig(parseRunConfigYaml(request.configYaml, 'config.yaml'));
