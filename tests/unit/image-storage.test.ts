@@ -36,6 +36,7 @@ import { imageSetOf, readImageData } from '../../src/worker/image-library';
 import { readSdFixtureJson, SD_FIXTURES, TINY_SD } from './support/diffusers-folder';
 import { decodePngRgba } from './support/png';
 import { freshDbAtVersion } from './support/old-database';
+import { ldmSingleFile } from './support/ldm-single-file';
 
 /** The reference outputs of an independent PyTorch implementation (tiny-sd's README). */
 interface UnetForwardFixture {
@@ -472,100 +473,4 @@ async function tinyConfigs(): Promise<SingleFileConfigs> {
     text_encoder: await readComponentConfig(folder, 'text_encoder'),
     scheduler: await readComponentConfig(folder, 'scheduler'),
   };
-}
-
-interface RawTensor {
-  name: string;
-  dtype: string;
-  shape: number[];
-  bytes: Uint8Array;
-}
-
-function readRawSafetensors(path: string): RawTensor[] {
-  const file = readFileSync(path);
-  const headerLength = Number(file.readBigUInt64LE(0));
-  const header = JSON.parse(file.subarray(8, 8 + headerLength).toString('utf8')) as Record<string, { dtype: string; shape: number[]; data_offsets: [number, number] }>;
-  return Object.entries(header)
-    .filter(([name]) => name !== '__metadata__')
-    .map(([name, t]) => ({ name, dtype: t.dtype, shape: t.shape, bytes: new Uint8Array(file.subarray(8 + headerLength + t.data_offsets[0], 8 + headerLength + t.data_offsets[1])) }));
-}
-
-function writeRawSafetensors(tensors: readonly RawTensor[]): Uint8Array {
-  const header: Record<string, unknown> = {};
-  let offset = 0;
-  for (const t of tensors) {
-    header[t.name] = { dtype: t.dtype, shape: t.shape, data_offsets: [offset, offset + t.bytes.length] };
-    offset += t.bytes.length;
-  }
-  let json = JSON.stringify(header);
-  json += ' '.repeat((8 - ((8 + json.length) % 8)) % 8);
-  const out = new Uint8Array(8 + json.length + offset);
-  new DataView(out.buffer).setBigUint64(0, BigInt(json.length), true);
-  out.set(new TextEncoder().encode(json), 8);
-  let at = 8 + json.length;
-  for (const t of tensors) {
-    out.set(t.bytes, at);
-    at += t.bytes.length;
-  }
-  return out;
-}
-
-const RESNET_LDM: Record<string, string> = { norm1: 'in_layers.0', conv1: 'in_layers.2', time_emb_proj: 'emb_layers.1', norm2: 'out_layers.0', conv2: 'out_layers.3', conv_shortcut: 'skip_connection' };
-const resnetPart = (rest: string) => `${RESNET_LDM[rest.slice(0, rest.lastIndexOf('.'))]!}.${rest.slice(rest.lastIndexOf('.') + 1)}`;
-/** Up blocks with attentions in tiny-sd (their upsampler sits after the attention, at index 2). */
-const UP_HAS_ATTENTION = [false, true];
-
-function unetLdm(name: string): string {
-  const rules: [RegExp, (...m: string[]) => string][] = [
-    [/^time_embedding\.linear_1\.(.+)$/, (p) => `time_embed.0.${p}`],
-    [/^time_embedding\.linear_2\.(.+)$/, (p) => `time_embed.2.${p}`],
-    [/^conv_in\.(.+)$/, (p) => `input_blocks.0.0.${p}`],
-    [/^conv_norm_out\.(.+)$/, (p) => `out.0.${p}`],
-    [/^conv_out\.(.+)$/, (p) => `out.2.${p}`],
-    [/^down_blocks\.(\d)\.resnets\.(\d)\.(.+)$/, (i, j, r) => `input_blocks.${1 + 3 * +i! + +j!}.0.${resnetPart(r!)}`],
-    [/^down_blocks\.(\d)\.attentions\.(\d)\.(.+)$/, (i, j, r) => `input_blocks.${1 + 3 * +i! + +j!}.1.${r}`],
-    [/^down_blocks\.(\d)\.downsamplers\.0\.conv\.(.+)$/, (i, p) => `input_blocks.${3 + 3 * +i!}.0.op.${p}`],
-    [/^mid_block\.resnets\.(\d)\.(.+)$/, (k, r) => `middle_block.${2 * +k!}.${resnetPart(r!)}`],
-    [/^mid_block\.attentions\.0\.(.+)$/, (r) => `middle_block.1.${r}`],
-    [/^up_blocks\.(\d)\.resnets\.(\d)\.(.+)$/, (i, j, r) => `output_blocks.${3 * +i! + +j!}.0.${resnetPart(r!)}`],
-    [/^up_blocks\.(\d)\.attentions\.(\d)\.(.+)$/, (i, j, r) => `output_blocks.${3 * +i! + +j!}.1.${r}`],
-    [/^up_blocks\.(\d)\.upsamplers\.0\.conv\.(.+)$/, (i, p) => `output_blocks.${3 * +i! + 2}.${UP_HAS_ATTENTION[+i!] ? 2 : 1}.conv.${p}`],
-  ];
-  for (const [re, to] of rules) {
-    const m = re.exec(name);
-    if (m) return `model.diffusion_model.${to(...m.slice(1))}`;
-  }
-  throw new Error(`test table has no LDM name for UNet tensor ${name}`);
-}
-
-const VAE_ATTENTION_LDM: Record<string, string> = { group_norm: 'norm', to_q: 'q', to_k: 'k', to_v: 'v', 'to_out.0': 'proj_out' };
-const VAE_LEVELS = 3;
-
-function vaeLdm(name: string): string {
-  const rules: [RegExp, (...m: string[]) => string][] = [
-    [/^(encoder|decoder)\.conv_norm_out\.(.+)$/, (c, p) => `${c}.norm_out.${p}`],
-    [/^encoder\.down_blocks\.(\d)\.resnets\.(\d)\.(.+)$/, (i, j, r) => `encoder.down.${i}.block.${j}.${r!.replace('conv_shortcut', 'nin_shortcut')}`],
-    [/^encoder\.down_blocks\.(\d)\.downsamplers\.0\.conv\.(.+)$/, (i, p) => `encoder.down.${i}.downsample.conv.${p}`],
-    [/^decoder\.up_blocks\.(\d)\.resnets\.(\d)\.(.+)$/, (i, j, r) => `decoder.up.${VAE_LEVELS - 1 - +i!}.block.${j}.${r!.replace('conv_shortcut', 'nin_shortcut')}`],
-    [/^decoder\.up_blocks\.(\d)\.upsamplers\.0\.conv\.(.+)$/, (i, p) => `decoder.up.${VAE_LEVELS - 1 - +i!}.upsample.conv.${p}`],
-    [/^(encoder|decoder)\.mid_block\.resnets\.(\d)\.(.+)$/, (c, k, r) => `${c}.mid.block_${+k! + 1}.${r!.replace('conv_shortcut', 'nin_shortcut')}`],
-    [/^(encoder|decoder)\.mid_block\.attentions\.0\.(group_norm|to_q|to_k|to_v|to_out\.0)\.(.+)$/, (c, part, p) => `${c}.mid.attn_1.${VAE_ATTENTION_LDM[part!]}.${p}`],
-    [/^(.+)$/, (rest) => rest!], // conv_in, conv_out, quant_conv, post_quant_conv keep their names
-  ];
-  for (const [re, to] of rules) {
-    const m = re.exec(name);
-    if (m) return `first_stage_model.${to(...m.slice(1))}`;
-  }
-  throw new Error(`unreachable: ${name}`);
-}
-
-/** tiny-sd as one LDM-named file (text encoder, VAE with 1×1-conv attention, UNet). */
-function ldmSingleFile(): Uint8Array {
-  const unet = readRawSafetensors(join(TINY_SD, 'unet/diffusion_pytorch_model.safetensors')).map((t) => ({ ...t, name: unetLdm(t.name) }));
-  const vae = readRawSafetensors(join(TINY_SD, 'vae/diffusion_pytorch_model.safetensors')).map((t) => {
-    const conv = /mid_block\.attentions\.0\.(to_q|to_k|to_v|to_out\.0)\.weight$/.test(t.name);
-    return { ...t, name: vaeLdm(t.name), shape: conv ? [...t.shape, 1, 1] : t.shape };
-  });
-  const clip = readRawSafetensors(join(TINY_SD, 'text_encoder/model.safetensors')).map((t) => ({ ...t, name: `cond_stage_model.transformer.${t.name}` }));
-  return writeRawSafetensors([...clip, ...vae, ...unet]);
 }
