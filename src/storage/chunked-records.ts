@@ -1,5 +1,6 @@
 import type { StoreNames } from 'idb';
 import { UserError } from '../core/errors';
+import type { ByteSource } from '../core/safetensors/source';
 import type { LoraLabDb, LoraLabSchema } from './db';
 import type { Locks } from './locks';
 import { lockName } from './locks';
@@ -180,4 +181,43 @@ export function ownedBuffer(bytes: Uint8Array): ArrayBuffer {
   return bytes.byteOffset === 0 && bytes.byteLength === bytes.buffer.byteLength && bytes.buffer instanceof ArrayBuffer
     ? bytes.buffer
     : (bytes.slice().buffer as ArrayBuffer);
+}
+
+/**
+ * Bytes stored in equal slices (the last one shorter) as random-access bytes. The last slice read is kept: readers (a
+ * safetensors header then its tensors, a dataset's reader in windows) mostly ask for ranges inside one slice, and
+ * would otherwise fetch it again each time. A slice missing or of the wrong size is `damaged(index)`: the browser
+ * evicted or damaged part of the origin's storage, and the person can only import it again.
+ */
+export function slicedSource(
+  file: { readonly name: string; readonly size: number; readonly sliceBytes: number },
+  fetchSlice: (index: number) => Promise<ArrayBuffer | undefined>,
+  damaged: (index: number) => Error,
+): ByteSource {
+  let cached: { index: number; bytes: Uint8Array } | null = null;
+  const slice = async (index: number): Promise<Uint8Array> => {
+    if (cached?.index === index) return cached.bytes;
+    const bytes = await fetchSlice(index);
+    if (!bytes || bytes.byteLength !== Math.min(file.sliceBytes, file.size - index * file.sliceBytes)) throw damaged(index);
+    cached = { index, bytes: new Uint8Array(bytes) };
+    return cached.bytes;
+  };
+  return {
+    name: file.name,
+    size: file.size,
+    async read(begin: number, end: number): Promise<Uint8Array> {
+      if (!Number.isSafeInteger(begin) || !Number.isSafeInteger(end) || begin < 0 || end < begin || end > file.size) {
+        throw new RangeError(`${file.name}: read(${begin}, ${end}) is outside 0..${file.size}`);
+      }
+      const out = new Uint8Array(end - begin);
+      const size = file.sliceBytes;
+      for (let index = Math.floor(begin / size); index * size < end; index++) {
+        const bytes = await slice(index);
+        const from = Math.max(begin, index * size);
+        const to = Math.min(end, index * size + bytes.byteLength);
+        out.set(bytes.subarray(from - index * size, to - index * size), from - begin);
+      }
+      return out;
+    },
+  };
 }

@@ -2,7 +2,7 @@ import type { DatasetFormat, RecordKind } from '../core/data/formats/types';
 import { UserError } from '../core/errors';
 import type { ByteSource } from '../core/safetensors/source';
 import type { LoraLabDb } from './db';
-import { DATASET_RECORDS, deleteRecord, ownedBuffer, sweepUnfinishedRecords, writeSliced } from './chunked-records';
+import { DATASET_RECORDS, deleteRecord, ownedBuffer, slicedSource, sweepUnfinishedRecords, writeSliced } from './chunked-records';
 import { platformLocks, type Locks } from './locks';
 import { StorageFullError } from './quota';
 
@@ -160,42 +160,13 @@ export function sweepUnfinishedDatasets(db: LoraLabDb, locks: Locks): Promise<nu
   return sweepUnfinishedRecords(db, DATASET_RECORDS, locks);
 }
 
-/**
- * A stored dataset as random-access bytes, named like the original file, so readDataset reads it exactly as it
- * read the picked file. The last slice read is kept: readers go through a file in order, in windows smaller than a
- * slice, and would otherwise fetch the same slice again for every window.
- */
+/** A stored dataset as random-access bytes (see slicedSource), named like the original file, so readDataset reads it exactly as it read the picked file. */
 export function storedDatasetSource(db: LoraLabDb, dataset: StoredDataset): ByteSource {
-  let cached: { index: number; bytes: Uint8Array } | null = null;
-  const slice = async (index: number): Promise<Uint8Array> => {
-    if (cached?.index === index) return cached.bytes;
-    const chunk = await db.get('datasetChunks', [dataset.id, index]);
-    const expected = Math.min(dataset.chunkBytes, dataset.sizeBytes - index * dataset.chunkBytes);
-    if (!chunk || chunk.bytes.byteLength !== expected) {
-      // The browser evicted or damaged part of the origin's storage: the person can only import it again.
-      throw new UserError(dataset.name, `is damaged in this browser's storage (slice ${index + 1} of ${dataset.chunkCount} is missing).`, 'Delete it and import the file again.');
-    }
-    cached = { index, bytes: new Uint8Array(chunk.bytes) };
-    return cached.bytes;
-  };
-  return {
-    name: dataset.name,
-    size: dataset.sizeBytes,
-    async read(begin: number, end: number): Promise<Uint8Array> {
-      if (!Number.isSafeInteger(begin) || !Number.isSafeInteger(end) || begin < 0 || end < begin || end > dataset.sizeBytes) {
-        throw new RangeError(`${dataset.name}: read(${begin}, ${end}) is outside 0..${dataset.sizeBytes}`);
-      }
-      const out = new Uint8Array(end - begin);
-      const size = dataset.chunkBytes;
-      for (let index = Math.floor(begin / size); index * size < end; index++) {
-        const bytes = await slice(index);
-        const from = Math.max(begin, index * size);
-        const to = Math.min(end, index * size + bytes.byteLength);
-        out.set(bytes.subarray(from - index * size, to - index * size), from - begin);
-      }
-      return out;
-    },
-  };
+  return slicedSource(
+    { name: dataset.name, size: dataset.sizeBytes, sliceBytes: dataset.chunkBytes },
+    async (index) => (await db.get('datasetChunks', [dataset.id, index]))?.bytes,
+    (index) => new UserError(dataset.name, `is damaged in this browser's storage (slice ${index + 1} of ${dataset.chunkCount} is missing).`, 'Delete it and import the file again.'),
+  );
 }
 
 function storageFull(name: string, needed: number, free: number | undefined): UserError {

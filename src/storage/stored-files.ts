@@ -1,7 +1,7 @@
 import { UserError } from '../core/errors';
 import type { ByteSource } from '../core/safetensors/source';
 import type { LoraLabDb } from './db';
-import { ownedBuffer } from './chunked-records';
+import { ownedBuffer, slicedSource } from './chunked-records';
 
 /**
  * Folders kept file by file: a Stable Diffusion model (diffusion-models.ts) and an image folder (image-datasets.ts)
@@ -70,41 +70,13 @@ export async function writeFileSlices(
   }
 }
 
-/**
- * A stored file as random-access bytes. The last slice read is kept: readers (a safetensors header, then its
- * tensors in order) mostly ask for ranges inside one slice, and would otherwise fetch it again each time.
- */
+/** A stored file as random-access bytes (see slicedSource). */
 export function storedFileSource(db: LoraLabDb, store: FileSliceStore, ownerId: string, info: StoredFileInfo, ownerName: string): ByteSource {
-  let cached: { index: number; bytes: Uint8Array } | null = null;
-  const slice = async (index: number): Promise<Uint8Array> => {
-    if (cached?.index === index) return cached.bytes;
-    const chunk = await db.get(store, [ownerId, info.path, index]);
-    const expected = Math.min(info.chunkBytes, info.size - index * info.chunkBytes);
-    if (!chunk || chunk.bytes.byteLength !== expected) {
-      // The browser evicted or damaged part of the origin's storage: the person can only import it again.
-      throw new UserError(`${ownerName}: ${info.path}`, `is damaged in this browser's storage (slice ${index + 1} of ${info.chunkCount} is missing).`, `Delete ${ownerName} and import it again.`);
-    }
-    cached = { index, bytes: new Uint8Array(chunk.bytes) };
-    return cached.bytes;
-  };
-  return {
-    name: info.path,
-    size: info.size,
-    async read(begin: number, end: number): Promise<Uint8Array> {
-      if (!Number.isSafeInteger(begin) || !Number.isSafeInteger(end) || begin < 0 || end < begin || end > info.size) {
-        throw new RangeError(`${info.path}: read(${begin}, ${end}) is outside 0..${info.size}`);
-      }
-      const out = new Uint8Array(end - begin);
-      const size = info.chunkBytes;
-      for (let index = Math.floor(begin / size); index * size < end; index++) {
-        const bytes = await slice(index);
-        const from = Math.max(begin, index * size);
-        const to = Math.min(end, index * size + bytes.byteLength);
-        out.set(bytes.subarray(from - index * size, to - index * size), from - begin);
-      }
-      return out;
-    },
-  };
+  return slicedSource(
+    { name: info.path, size: info.size, sliceBytes: info.chunkBytes },
+    async (index) => (await db.get(store, [ownerId, info.path, index]))?.bytes,
+    (index) => new UserError(`${ownerName}: ${info.path}`, `is damaged in this browser's storage (slice ${index + 1} of ${info.chunkCount} is missing).`, `Delete ${ownerName} and import it again.`),
+  );
 }
 
 export function baseName(path: string): string {
