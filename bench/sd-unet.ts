@@ -6,35 +6,18 @@
  *
  *   npx tsx --import ./scripts/vite-imports.mjs bench/sd-unet.ts [latent sizes, default 8 16 32]
  */
-import { readdirSync, readFileSync, statSync } from 'node:fs';
-import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import * as tf from '@tensorflow/tfjs';
 import '@tensorflow/tfjs-backend-wasm';
 import { LoraAdapter } from '../src/core/lora/index.js';
-import { loadDiffusersComponent, type DiffusersFolder } from '../src/core/models/diffusion/component.js';
+import { loadDiffusersComponent } from '../src/core/models/diffusion/component.js';
 import { loraTargetsOf } from '../src/core/models/diffusion/lora-targets.js';
 import { buildUnet, type Unet } from '../src/core/models/diffusion/unet.js';
-import { bytesSource } from '../src/core/safetensors/index.js';
 import { watchPeakBytes } from '../src/core/train/device-memory.js';
+import { diffusersFolderFromDisk } from '../tests/unit/support/diffusers-folder.js';
 import { median } from './timing.js';
 
-const TINY_SD = fileURLToPath(new URL('../../shared/fixtures/sd/tiny-sd/', import.meta.url));
 const BATCH = 2;
 const STEPS = 3;
-
-function folderFromDisk(dir: string): DiffusersFolder {
-  const files = new Map<string, ReturnType<typeof bytesSource>>();
-  const walk = (rel: string): void => {
-    for (const entry of readdirSync(join(dir, rel))) {
-      const path = rel ? `${rel}/${entry}` : entry;
-      if (statSync(join(dir, path)).isDirectory()) walk(path);
-      else files.set(path, bytesSource(path, new Uint8Array(readFileSync(join(dir, path)))));
-    }
-  };
-  walk('');
-  return files;
-}
 
 /** One training step's loss gradients; returns [ms, peak bytes above the start]. */
 function step(unet: Unet, adapter: LoraAdapter, size: number, gradientCheckpointing: boolean, pass: number): [number, number] {
@@ -58,7 +41,7 @@ function step(unet: Unet, adapter: LoraAdapter, size: number, gradientCheckpoint
 async function main(): Promise<void> {
   await tf.setBackend('wasm');
   const sizes = process.argv.slice(2).map(Number).filter((n) => n > 0);
-  const unet = buildUnet(await loadDiffusersComponent(folderFromDisk(TINY_SD), 'unet'));
+  const unet = buildUnet(await loadDiffusersComponent(diffusersFolderFromDisk(), 'unet'));
   const adapter = LoraAdapter.create(
     loraTargetsOf(unet, 'sd-unet'),
     { rank: 8, alpha: 8, dropout: 0.1, targetModules: ['to_q', 'to_k', 'to_v', 'to_out.0'], useRslora: false },

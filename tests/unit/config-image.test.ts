@@ -2,11 +2,9 @@ import { readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
-import { isUserError, UserError } from '../../src/core/errors';
 import {
   CONFIG_KEYS,
   DEFAULT_CONFIG,
-  formatIssue,
   imageTrainingOf,
   parsePromptLine,
   parseRunConfig,
@@ -16,35 +14,12 @@ import {
   runName,
   samplePromptsOf,
   unwrapRunConfig,
-  type ConfigParseResult,
   type RunConfig,
 } from '../../src/core/config';
 import { parseSweepYaml } from '../../src/core/config/sweep';
+import { failed, ok, thrown } from './support/config-results';
 
 const FIXTURE = join(dirname(fileURLToPath(import.meta.url)), '../../../shared/fixtures/sd');
-
-type Ok = Extract<ConfigParseResult, { ok: true }>;
-type Failed = Extract<ConfigParseResult, { ok: false }>;
-
-function ok(result: ConfigParseResult): Ok {
-  if (!result.ok) throw new Error(`expected a valid config, got:\n${result.issues.map(formatIssue).join('\n')}`);
-  return result;
-}
-
-function failed(result: ConfigParseResult): Failed {
-  if (result.ok) throw new Error(`expected issues, got a valid config ${JSON.stringify(result.config)}`);
-  return result;
-}
-
-function thrown(fn: () => unknown): UserError {
-  try {
-    fn();
-  } catch (e) {
-    if (isUserError(e)) return e as UserError;
-    throw e;
-  }
-  throw new Error('expected a UserError');
-}
 
 /** A safetensors file's header: tensor name → shape (the format's 8-byte length, then JSON). */
 function tensorShapes(path: string): Map<string, number[]> {

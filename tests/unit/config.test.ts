@@ -1,6 +1,5 @@
 import { describe, expect, it } from 'vitest';
 import { parseDocument } from 'yaml';
-import { isUserError, UserError } from '../../src/core/errors';
 import {
   CONFIG_KEYS,
   configDiff,
@@ -19,6 +18,7 @@ import {
   type ConfigParseResult,
   type RunConfig,
 } from '../../src/core/config';
+import { failed, ok, thrown } from './support/config-results';
 
 /** The documented example, verbatim (comments included). */
 const EXAMPLE_YAML = `base_model: ./models/tiny-gpt2      # path (runner) or a stored model id/name (app)
@@ -100,31 +100,8 @@ const EXAMPLE_CONFIG: RunConfig = {
   backend: 'auto',
 };
 
-type Ok = Extract<ConfigParseResult, { ok: true }>;
-type Failed = Extract<ConfigParseResult, { ok: false }>;
-
-function ok(result: ConfigParseResult): Ok {
-  if (!result.ok) throw new Error(`expected a valid config, got:\n${result.issues.map(formatIssue).join('\n')}`);
-  return result;
-}
-
-function failed(result: ConfigParseResult): Failed {
-  if (result.ok) throw new Error(`expected issues, got a valid config ${JSON.stringify(result.config)}`);
-  return result;
-}
-
 function warningKeys(result: ConfigParseResult): string[] {
   return ok(result).warnings.map((w) => w.key);
-}
-
-function thrown(fn: () => unknown): UserError {
-  try {
-    fn();
-  } catch (e) {
-    if (isUserError(e)) return e as UserError;
-    throw e;
-  }
-  throw new Error('expected a UserError');
 }
 
 describe('defaults', () => {

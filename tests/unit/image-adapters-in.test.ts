@@ -26,11 +26,11 @@ import { closeDatabase, DB_NAME, openDatabase, type LoraLabDb } from '../../src/
 import { deleteDiffusionModel, importDiffusionModel, storedDiffusersFolder, type StoredDiffusionModel } from '../../src/storage/diffusion-models';
 import { listImageAdapters } from '../../src/storage/image-adapters';
 import { localLocks } from '../../src/storage/locks';
-import type { FileToStore } from '../../src/storage/stored-files';
 import { storageUsage } from '../../src/storage/usage';
 import { imageInitAdapterOf, importImageAdapter, listStoredImageAdapters, readStoredImageAdapter } from '../../src/worker/image-adapters';
 import { diffusersFolderFromDisk, SD_FIXTURES, TINY_SD } from './support/diffusers-folder';
 import { decodePngRgba } from './support/png';
+import { filesOnDisk } from './support/disk-files';
 
 const KOHYA = join(SD_FIXTURES, 'adapters/stripes-kohya.safetensors');
 const PEFT = join(SD_FIXTURES, 'adapters/stripes-peft');
@@ -40,20 +40,6 @@ let pipeline: SamplingPipeline & { dispose(): void };
 let schedule: NoiseSchedule;
 let db: LoraLabDb;
 let model: StoredDiffusionModel;
-
-/** Every file under `dir` as the picked files (paths relative to it), read from disk. */
-function pickedFiles(dir: string): FileToStore[] {
-  const out: FileToStore[] = [];
-  const walk = (rel: string): void => {
-    for (const entry of readdirSync(join(dir, rel))) {
-      const path = rel ? `${rel}/${entry}` : entry;
-      if (statSync(join(dir, path)).isDirectory()) walk(path);
-      else out.push({ path, source: bytesSource(path, new Uint8Array(readFileSync(join(dir, path)))) });
-    }
-  };
-  walk('');
-  return out;
-}
 
 const fileOf = (path: string, name: string): File => new File([readFileSync(path)], name);
 const kohyaFile = (): File => fileOf(KOHYA, 'stripes-kohya.safetensors');
@@ -81,7 +67,7 @@ beforeEach(async () => {
   await closeDatabase();
   await deleteDB(DB_NAME);
   db = await openDatabase();
-  model = await importDiffusionModel(db, pickedFiles(TINY_SD), { name: 'tiny-sd', chunkBytes: 65536, locks: localLocks() });
+  model = await importDiffusionModel(db, filesOnDisk(TINY_SD), { name: 'tiny-sd', chunkBytes: 65536, locks: localLocks() });
 });
 
 afterAll(async () => {

@@ -1,4 +1,4 @@
-import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { Tokenizer } from '@huggingface/tokenizers';
@@ -16,27 +16,13 @@ import {
   tagFrequency,
   type DecodedImage,
   type ImageDecoder,
-  type ImageFile,
 } from '../../src/core/data/images/index';
 import { bytesSource } from '../../src/core/safetensors/index';
 import { SD_FIXTURES, TINY_SD } from './support/diffusers-folder';
 import { decodePng, decodePngRgba } from './support/png';
+import { filesOnDisk } from './support/disk-files';
 
 const STRIPES = join(SD_FIXTURES, 'data-stripes');
-
-/** Every file under `dir` as the picked-folder list the core reads: relative '/'-paths and byte sources. */
-function folderFiles(dir: string): ImageFile[] {
-  const files: ImageFile[] = [];
-  const walk = (rel: string): void => {
-    for (const name of readdirSync(join(dir, rel))) {
-      const path = rel ? `${rel}/${name}` : name;
-      if (statSync(join(dir, path)).isDirectory()) walk(path);
-      else files.push({ path, source: bytesSource(path, new Uint8Array(readFileSync(join(dir, path)))) });
-    }
-  };
-  walk('');
-  return files;
-}
 
 const pngDecoder: ImageDecoder = (bytes) => Promise.resolve(decodePngRgba(bytes));
 
@@ -72,7 +58,7 @@ describe('the data-stripes fixture (metadata.csv and .txt captions side by side)
   const txtCaption = (image: string) => readFileSync(join(STRIPES, image.replace(/\.png$/, '.txt')), 'utf8').trim();
 
   it('reads 40 images once each, captioned by metadata.csv, equal to the .txt files, and says metadata.csv wins', async () => {
-    const { entries, notes } = await readImageFolder(folderFiles(STRIPES), { folderName: 'data-stripes' });
+    const { entries, notes } = await readImageFolder(filesOnDisk(STRIPES), { folderName: 'data-stripes' });
     const pngs = readdirSync(STRIPES).filter((f) => f.endsWith('.png')).sort();
     expect(pngs).toHaveLength(40);
     expect(entries.map((e) => e.path)).toEqual(pngs);
@@ -86,7 +72,7 @@ describe('the data-stripes fixture (metadata.csv and .txt captions side by side)
   });
 
   it('falls back to the .txt files without metadata.csv, and a changed metadata.csv row wins over its .txt', async () => {
-    const files = folderFiles(STRIPES);
+    const files = filesOnDisk(STRIPES);
     const withoutCsv = await readImageFolder(files.filter((f) => f.path !== 'metadata.csv'), { folderName: 'data-stripes' });
     expect(withoutCsv.entries.every((e) => e.captionOrigin === 'caption file' && e.caption === txtCaption(e.path))).toBe(true);
     expect(withoutCsv.notes).toEqual([]);
@@ -101,7 +87,7 @@ describe('the data-stripes fixture (metadata.csv and .txt captions side by side)
   });
 
   it('decodes to 32×32; at resolution 32 the prepared bytes are the PNG pixels, at 16 the 2×2 block means', async () => {
-    const { entries } = await readImageFolder(folderFiles(STRIPES), { folderName: 'data-stripes' });
+    const { entries } = await readImageFolder(filesOnDisk(STRIPES), { folderName: 'data-stripes' });
     const infos = await measureImages(entries, pngDecoder);
     expect([...infos.values()].every((i) => i.width === 32 && i.height === 32)).toBe(true);
     for (const entry of entries.slice(0, 3)) {
@@ -120,7 +106,7 @@ describe('the data-stripes fixture (metadata.csv and .txt captions side by side)
   });
 
   it('previews without warnings, counts tokens as the tokenizers library does, and counts tags as kohya', async () => {
-    const { entries } = await readImageFolder(folderFiles(STRIPES), { folderName: 'data-stripes' });
+    const { entries } = await readImageFolder(filesOnDisk(STRIPES), { folderName: 'data-stripes' });
     const preview = imagePreview(entries, await measureImages(entries, pngDecoder), clip, { resolution: 32 });
     expect(preview.warnings).toEqual([]);
     expect(preview.imagesPerEpoch).toBe(40);
@@ -170,7 +156,7 @@ describe('a kohya folder with repeats, caption gaps, a duplicate and odd sizes',
   afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
   it('reads repeats, captions, their origins and folders in sorted order, with notes', async () => {
-    const { entries, notes } = await readImageFolder(folderFiles(dir), { folderName: 'my-set' });
+    const { entries, notes } = await readImageFolder(filesOnDisk(dir), { folderName: 'my-set' });
     expect(entries.map(({ path, caption, captionOrigin, repeats, folder }) => ({ path, caption, captionOrigin, repeats, folder }))).toEqual([
       { path: '3_style/a.png', caption: 'Red, Blue,  red ,stripes', captionOrigin: 'caption file', repeats: 3, folder: '3_style' },
       { path: '3_style/b.png', caption: 'style', captionOrigin: 'folder name', repeats: 3, folder: '3_style' },
@@ -191,7 +177,7 @@ describe('a kohya folder with repeats, caption gaps, a duplicate and odd sizes',
   });
 
   it('counts tags per folder as kohya: split on commas, trimmed, lower-cased, once per image whatever its repeats', async () => {
-    const { entries } = await readImageFolder(folderFiles(dir), { folderName: 'my-set' });
+    const { entries } = await readImageFolder(filesOnDisk(dir), { folderName: 'my-set' });
     expect(tagFrequency(entries)).toEqual({
       '3_style': { red: 2, blue: 1, stripes: 1, style: 1, dup: 1 },
       'my-set': { [longCaption]: 1, wide: 1, red: 1 },
@@ -201,7 +187,7 @@ describe('a kohya folder with repeats, caption gaps, a duplicate and odd sizes',
   });
 
   it('warns per image and over the folder: captions missing, empty, too long; tiny; non-square; duplicate', async () => {
-    const { entries } = await readImageFolder(folderFiles(dir), { folderName: 'my-set' });
+    const { entries } = await readImageFolder(filesOnDisk(dir), { folderName: 'my-set' });
     const preview = imagePreview(entries, await measureImages(entries, pngDecoder), clip, { resolution: 16 });
     const kinds = Object.fromEntries(preview.rows.map((r) => [r.path, r.warnings.map((w) => w.kind)]));
     expect(kinds).toEqual({

@@ -1,11 +1,11 @@
-import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
-import { join, relative } from 'node:path';
+import { existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import * as tf from '@tensorflow/tfjs';
 import '@tensorflow/tfjs-backend-wasm';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseRunConfig, type RunConfig } from '../../src/core/config/index';
-import { decodeImageEntry, prepareImage, readImageFolder, type ImageFile } from '../../src/core/data/images/index';
+import { decodeImageEntry, prepareImage, readImageFolder } from '../../src/core/data/images/index';
 import {
   baseSet,
   COLOURS,
@@ -22,11 +22,11 @@ import { readComponentConfig } from '../../src/core/models/diffusion/component';
 import { cacheImageSet, type PreparedImage } from '../../src/core/models/diffusion/latent-cache';
 import { parseNoiseSchedule, type NoiseSchedule } from '../../src/core/models/diffusion/noise';
 import { loadSamplingPipeline, type SamplingPipeline } from '../../src/core/models/diffusion/sample';
-import { bytesSource } from '../../src/core/safetensors/index';
 import { evaluate } from '../../src/core/train/evaluate';
 import { validationImages, type CachedImageSet } from '../../src/core/train/image-examples';
 import { diffusersFolderFromDisk } from './support/diffusers-folder';
 import { decodePng, decodePngRgba } from './support/png';
+import { filesOnDisk } from './support/disk-files';
 
 /**
  * The built-in image demo (public/demo-image/, built by scripts/pretrain-image-demo.ts): the scene generator says
@@ -120,11 +120,10 @@ describe('shipped demo files', () => {
   it('lists files that exist, under 6 MB in all', () => {
     const listed = [...manifest.model.files, ...manifest.train.files, ...manifest.val.files, 'manifest.json'];
     for (const f of listed) expect(existsSync(join(DEMO, f)), f).toBe(true);
-    const walk = (dir: string): string[] => readdirSync(dir).flatMap((e) => (statSync(join(dir, e)).isDirectory() ? walk(join(dir, e)) : [join(dir, e)]));
-    const total = walk(DEMO).reduce((n, f) => n + statSync(f).size, 0);
-    expect(total).toBeLessThan(6 * 1024 * 1024);
+    const shipped = filesOnDisk(DEMO);
+    expect(shipped.reduce((n, f) => n + f.source.size, 0)).toBeLessThan(6 * 1024 * 1024);
     // Nothing shipped that the manifest leaves out, apart from the notes.
-    const extra = walk(DEMO).map((f) => relative(DEMO, f)).filter((f) => !listed.includes(f) && !['README.md', 'pretraining.json'].includes(f));
+    const extra = shipped.map((f) => f.path).filter((f) => !listed.includes(f) && !['README.md', 'pretraining.json'].includes(f));
     expect(extra).toEqual([]);
   });
 
@@ -152,13 +151,8 @@ describe('shipped demo pipeline', () => {
   let style: CachedImageSet;
   let heldOut: CachedImageSet;
 
-  /** An image folder on disk as the picked files the app reads. */
-  function imageFiles(dir: string): ImageFile[] {
-    return readdirSync(dir).map((file) => ({ path: file, source: bytesSource(file, new Uint8Array(readFileSync(join(dir, file)))) }));
-  }
-
   async function preparedFromFolder(dir: string, flip: boolean): Promise<PreparedImage[]> {
-    const read = await readImageFolder(imageFiles(dir), { folderName: 'style' });
+    const read = await readImageFolder(filesOnDisk(dir), { folderName: 'style' });
     const out: PreparedImage[] = [];
     for (const entry of read.entries) {
       const decoded = await decodeImageEntry(entry, async (bytes) => decodePngRgba(bytes));

@@ -1,4 +1,3 @@
-import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs';
 import '@tensorflow/tfjs-backend-wasm';
@@ -19,6 +18,7 @@ import { validationImages, type CachedImageSet } from '../../src/core/train/imag
 import { minSnrWeights } from '../../src/core/train/image-loss-fns';
 import { diffusersFolderFromDisk, readSdFixtureJson, SD_FIXTURES } from './support/diffusers-folder';
 import { decodePng, decodePngRgba } from './support/png';
+import { filesOnDisk } from './support/disk-files';
 
 /** The fixture's reference latents of data-stripes, from an independent PyTorch VAE: [40][4][8][8]. */
 interface LossFixture {
@@ -31,10 +31,8 @@ const folder = diffusersFolderFromDisk();
 let pipeline: SamplingPipeline & { dispose(): void };
 let schedule: NoiseSchedule;
 
-/** An image folder of the fixture as the picked files the app reads. */
 function imageFiles(name: string): ImageFile[] {
-  const dir = join(SD_FIXTURES, name);
-  return readdirSync(dir).map((file) => ({ path: file, source: bytesSource(file, new Uint8Array(readFileSync(join(dir, file)))) }));
+  return filesOnDisk(join(SD_FIXTURES, name));
 }
 
 async function preparedImages(name: string, flip: boolean): Promise<PreparedImage[]> {

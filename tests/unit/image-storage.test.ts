@@ -33,10 +33,11 @@ import { putRun } from '../../src/storage/runs';
 import { storageUsage } from '../../src/storage/usage';
 import type { FileToStore } from '../../src/storage/stored-files';
 import { imageSetOf, readImageData } from '../../src/worker/image-library';
-import { readSdFixtureJson, SD_FIXTURES, TINY_SD } from './support/diffusers-folder';
+import { diffusersFolderFromDisk, readSdFixtureJson, SD_FIXTURES, TINY_SD } from './support/diffusers-folder';
 import { decodePngRgba } from './support/png';
 import { freshDbAtVersion } from './support/old-database';
 import { ldmSingleFile } from './support/ldm-single-file';
+import { filesOnDisk } from './support/disk-files';
 
 /** The reference outputs of an independent PyTorch implementation (tiny-sd's README). */
 interface UnetForwardFixture {
@@ -50,20 +51,6 @@ interface LossFixture {
 }
 
 const decode = async (bytes: Uint8Array) => decodePngRgba(bytes);
-
-/** Every file under `dir` as the picked files (paths relative to it), read from disk. */
-function pickedFiles(dir: string): FileToStore[] {
-  const out: FileToStore[] = [];
-  const walk = (rel: string): void => {
-    for (const entry of readdirSync(join(dir, rel))) {
-      const path = rel ? `${rel}/${entry}` : entry;
-      if (statSync(join(dir, path)).isDirectory()) walk(path);
-      else out.push({ path, source: bytesSource(path, new Uint8Array(readFileSync(join(dir, path)))) });
-    }
-  };
-  walk('');
-  return out;
-}
 
 /** The files of tiny-sd the pipeline reads (tokenizer.json is a copy of vocab + merges, which are read). */
 const NEEDED = [
@@ -125,7 +112,7 @@ afterAll(() => closeDatabase());
 
 describe('diffusion models in IndexedDB', () => {
   it('stores tiny-sd byte for byte (only the files the pipeline reads), with progress in bytes up to the total', async () => {
-    const files = pickedFiles(TINY_SD);
+    const files = filesOnDisk(TINY_SD);
     const progress: [number, number][] = [];
     // 64 KiB slices: the UNet's weights span many, so reads cross slice boundaries.
     const model = await importDiffusionModel(db, files, { name: 'tiny-sd', chunkBytes: 65536, locks: localLocks(), onProgress: (d, t) => progress.push([d, t]) });
@@ -151,14 +138,14 @@ describe('diffusion models in IndexedDB', () => {
   });
 
   it('refuses a folder without unet/config.json, naming it, and stores nothing', async () => {
-    const files = pickedFiles(TINY_SD).filter((f) => f.path !== 'unet/config.json');
+    const files = filesOnDisk(TINY_SD).filter((f) => f.path !== 'unet/config.json');
     const e = await caught(importDiffusionModel(db, files, { name: 'tiny-sd', locks: localLocks() }));
     expect(isUserError(e) && e.subject).toBe('unet/config.json');
     await storesAreEmpty(db);
   });
 
   it('refuses a truncated safetensors file, naming it, and stores nothing', async () => {
-    const files = pickedFiles(TINY_SD).map((f) =>
+    const files = filesOnDisk(TINY_SD).map((f) =>
       f.path === 'vae/diffusion_pytorch_model.safetensors'
         ? { path: f.path, source: bytesSource(f.path, new Uint8Array(readFileSync(join(TINY_SD, f.path))).subarray(0, f.source.size - 100)) }
         : f,
@@ -172,7 +159,7 @@ describe('diffusion models in IndexedDB', () => {
   it('a cancel half-way through the weights removes every slice written so far', async () => {
     const controller = new AbortController();
     const e = await caught(
-      importDiffusionModel(db, pickedFiles(TINY_SD), {
+      importDiffusionModel(db, filesOnDisk(TINY_SD), {
         name: 'tiny-sd',
         chunkBytes: 65536,
         locks: localLocks(),
@@ -187,10 +174,10 @@ describe('diffusion models in IndexedDB', () => {
   });
 
   it('the pipeline loaded from IndexedDB predicts the reference noise, exactly as the one loaded from disk', async () => {
-    const model = await importDiffusionModel(db, pickedFiles(TINY_SD), { name: 'tiny-sd', chunkBytes: 65536, locks: localLocks() });
+    const model = await importDiffusionModel(db, filesOnDisk(TINY_SD), { name: 'tiny-sd', chunkBytes: 65536, locks: localLocks() });
     const fixture = readSdFixtureJson<UnetForwardFixture>('expected/unet_forward_seed0.json');
     const fromDb = await loadSamplingPipeline(await storedDiffusersFolder(db, model));
-    const fromDisk = await loadSamplingPipeline(new Map(pickedFiles(TINY_SD).map((f) => [f.path, f.source])));
+    const fromDisk = await loadSamplingPipeline(diffusersFolderFromDisk());
     const stored = predictNoise(fromDb, fixture);
     const disk = predictNoise(fromDisk, fixture);
     const reference = tf.tensor4d(fixture.outputs.unet_sample.flat(3), [2, 4, 8, 8]);
@@ -279,7 +266,7 @@ const image = (path: string, bytes: Uint8Array): FileToStore => ({ path, source:
 
 describe('image datasets in IndexedDB', () => {
   it('stores data-base (images, captions, metadata.csv) and reads back the same entries, with thumbnails of the centre crop', async () => {
-    const files = pickedFiles(DATA_BASE);
+    const files = filesOnDisk(DATA_BASE);
     const dataset = await importImageDataset(db, files, { name: 'data-base', decode, chunkBytes: 1000, locks: localLocks() });
     const direct = await readImageFolder(files, { folderName: 'data-base' });
     const stored = await readStoredImageFolder(db, dataset);
@@ -320,7 +307,7 @@ describe('image datasets in IndexedDB', () => {
     ];
     const dataset = await importImageDataset(db, files, { name: 'crafted', decode, locks: localLocks() });
     expect(dataset.images.map((i) => i.path)).toEqual(['a.png', 'b.png', 'c.png', 'd.png']);
-    const tokenizer = await loadClipTokenizerFromFolder(new Map(pickedFiles(TINY_SD).map((f) => [f.path, f.source])));
+    const tokenizer = await loadClipTokenizerFromFolder(diffusersFolderFromDisk());
     const preview = await previewImageDataset(db, dataset, { tokenizer, resolution: 64 });
     const kinds = (path: string) => preview.rows.find((r) => r.path === path)!.warnings.map((w) => w.kind).sort();
     expect(kinds('a.png')).toEqual([]);
@@ -351,8 +338,8 @@ describe('latent cache', () => {
   let encodeCalls = 0;
 
   beforeEach(async () => {
-    model = await importDiffusionModel(db, pickedFiles(TINY_SD), { name: 'tiny-sd', locks: localLocks() });
-    dataset = await importImageDataset(db, pickedFiles(join(SD_FIXTURES, 'data-stripes')), { name: 'data-stripes', decode, locks: localLocks() });
+    model = await importDiffusionModel(db, filesOnDisk(TINY_SD), { name: 'tiny-sd', locks: localLocks() });
+    dataset = await importImageDataset(db, filesOnDisk(join(SD_FIXTURES, 'data-stripes')), { name: 'data-stripes', decode, locks: localLocks() });
     pipeline ??= await loadSamplingPipeline(await storedDiffusersFolder(db, model));
     const vae = pipeline.vae;
     if (!('counted' in vae)) {
@@ -426,7 +413,7 @@ describe('latent cache', () => {
     expect(await db.count('latents')).toBe(40);
     await deleteImageDataset(db, dataset.id);
     expect(await db.count('latents')).toBe(0);
-    const again = await importImageDataset(db, pickedFiles(join(SD_FIXTURES, 'data-stripes')), { name: 'data-stripes', decode, locks: localLocks() });
+    const again = await importImageDataset(db, filesOnDisk(join(SD_FIXTURES, 'data-stripes')), { name: 'data-stripes', decode, locks: localLocks() });
     await imageSetOf(db, pipeline, model.id, await readImageData(db, { datasetId: again.id }, { caption_extension: '.txt' }), opts, ctx);
     expect(await db.count('latents')).toBe(40);
     await deleteDiffusionModel(db, model.id);
@@ -466,7 +453,7 @@ describe('latent cache', () => {
 // ─── A single-file checkpoint made from tiny-sd (the test's own diffusers → LDM table, as sd-single-file.test.ts) ──
 
 async function tinyConfigs(): Promise<SingleFileConfigs> {
-  const folder = new Map(pickedFiles(TINY_SD).map((f) => [f.path, f.source]));
+  const folder = diffusersFolderFromDisk();
   return {
     unet: await readComponentConfig(folder, 'unet'),
     vae: await readComponentConfig(folder, 'vae'),

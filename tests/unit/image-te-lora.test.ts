@@ -1,4 +1,3 @@
-import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs';
 import '@tensorflow/tfjs-backend-wasm';
@@ -25,6 +24,7 @@ import { imageLoraLossFn, type ImageLoraParts } from '../../src/core/train/image
 import { Trainer } from '../../src/core/train/trainer';
 import { diffusersFolderFromDisk, SD_FIXTURES } from './support/diffusers-folder';
 import { decodePng, decodePngRgba } from './support/png';
+import { filesOnDisk } from './support/disk-files';
 
 const folder = diffusersFolderFromDisk();
 let pipeline: SamplingPipeline & { dispose(): void };
@@ -34,8 +34,7 @@ let train: CachedImageSet;
 let val: CachedImageSet;
 
 function imageFiles(name: string): ImageFile[] {
-  const dir = join(SD_FIXTURES, name);
-  return readdirSync(dir).map((file) => ({ path: file, source: bytesSource(file, new Uint8Array(readFileSync(join(dir, file)))) }));
+  return filesOnDisk(join(SD_FIXTURES, name));
 }
 
 async function preparedImages(name: string): Promise<PreparedImage[]> {

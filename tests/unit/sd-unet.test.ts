@@ -7,33 +7,23 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { isUserError } from '../../src/core/errors';
 import { buildClipTextModel } from '../../src/core/models/diffusion/clip-text';
 import { disposeComponent, loadDiffusersComponent, readComponentConfig } from '../../src/core/models/diffusion/component';
-import { denoisingLoss, denoisingLossPerSample } from '../../src/core/models/diffusion/loss';
+import { denoisingLoss } from '../../src/core/models/diffusion/loss';
 import { addNoise, denoisingTarget, parseNoiseSchedule, type NoiseSchedule } from '../../src/core/models/diffusion/noise';
 import { buildUnet, type Unet } from '../../src/core/models/diffusion/unet';
 import { parseUnetConfig } from '../../src/core/models/diffusion/unet-config';
 import { applyLinear, type LinearApply } from '../../src/core/models/linear';
 import { loraLinear } from '../../src/core/kernels/lora_linear';
-import { applyLoadedLora, readKohyaLora, readPeftLora, type LoadedLora } from '../../src/core/models/diffusion/unet-lora';
+import { readKohyaLora, readPeftLora } from '../../src/core/models/diffusion/unet-lora';
 import { kohyaModuleName } from '../../src/core/models/diffusion/unet-lora-names';
 import { bytesSource, writeSafetensors } from '../../src/core/safetensors/index';
 import { diffusersFolderFromDisk, readSdFixtureJson, SD_FIXTURES } from './support/diffusers-folder';
+import { expectFixtureLoss, perDrawLoss, type LossFixture } from './support/fixture-loss';
 
 /** The reference outputs of an independent PyTorch implementation of diffusers' semantics. */
 interface UnetForwardFixture {
   tolerance: number;
   inputs: { latents: number[][][][]; timesteps: number[] };
   outputs: { text_last_hidden_state: number[][][]; unet_time_proj: number[][]; unet_sample: number[][][][] };
-}
-
-/** Every input of the fixture's denoising loss, spelled out so it does not depend on PyTorch's generator. */
-interface LossFixture {
-  loss: number;
-  input_ids: number[][];
-  latents: number[][][][];
-  timesteps: number[];
-  noise: number[][][][];
-  draw_image: number[];
-  per_draw_loss: number[];
 }
 
 const folder = diffusersFolderFromDisk();
@@ -159,42 +149,9 @@ describe('denoising loss of tiny-sd on data-stripes (160 fixed draws)', () => {
 
   afterAll(() => captionStates?.dispose());
 
-  /** Each draw's loss, in batches of 40 draws. */
-  async function perDrawLoss(fixture: LossFixture, lora?: LoadedLora): Promise<number[]> {
-    const applied = lora ? applyLoadedLora(lora) : null;
-    const losses: number[] = [];
-    try {
-      for (let start = 0; start < fixture.timesteps.length; start += 40) {
-        const draws = fixture.draw_image.slice(start, start + 40);
-        const batch = tf.tidy(() => {
-          const images = tf.tensor1d(draws, 'int32');
-          return {
-            latents: tf.gather(tf.tensor4d(fixture.latents), images) as tf.Tensor4D,
-            noise: tf.tensor4d(fixture.noise.slice(start, start + 40)),
-            context: tf.gather(captionStates, images) as tf.Tensor3D,
-          };
-        });
-        const timesteps = fixture.timesteps.slice(start, start + 40);
-        const loss = denoisingLossPerSample(unet, schedule, { ...batch, timesteps }, applied ? { linear: applied.linear } : undefined);
-        losses.push(...(await loss.data()));
-        tf.dispose([batch.latents, batch.noise, batch.context, loss]);
-      }
-    } finally {
-      applied?.dispose();
-    }
-    return losses;
-  }
-
-  function expectLoss(losses: number[], fixture: LossFixture): void {
-    const worst = Math.max(...losses.map((l, i) => Math.abs(l - fixture.per_draw_loss[i]!)));
-    expect(worst).toBeLessThan(1e-4);
-    const mean = losses.reduce((a, b) => a + b, 0) / losses.length;
-    expect(Math.abs(mean - fixture.loss)).toBeLessThan(1e-4);
-  }
-
   it('is 0.300301 without an adapter, draw by draw', async () => {
     expect(base.loss).toBeCloseTo(0.300301, 6);
-    expectLoss(await perDrawLoss(base), base);
+    expectFixtureLoss(await perDrawLoss(unet, schedule, captionStates, base), base);
   });
 
   it('is 0.132888 with the kohya adapter (48 attention projections, alpha 4, r 4)', async () => {
@@ -203,7 +160,7 @@ describe('denoising loss of tiny-sd on data-stripes (160 fixed draws)', () => {
     expect(lora.skippedModules).toEqual([]);
     expect(lora.metadata['ss_network_dim']).toBe('4');
     expect(withKohya.loss).toBeCloseTo(0.132888, 6);
-    expectLoss(await perDrawLoss(withKohya, lora), withKohya);
+    expectFixtureLoss(await perDrawLoss(unet, schedule, captionStates, withKohya, lora), withKohya);
   });
 
   it('gives LoRA matrices trained through the projection hook the gradient finite differences measure', async () => {
@@ -254,7 +211,7 @@ describe('denoising loss of tiny-sd on data-stripes (160 fixed draws)', () => {
   it('is 0.132888 with the PEFT adapter folder', async () => {
     const lora = await readPeftLora(adapterFile('stripes-peft/adapter_config.json').text(), adapterFile('stripes-peft/adapter_model.safetensors').source, unet.linears);
     expect([...lora.modules.keys()].every((p) => /\.to_(q|k|v|out\.0)$/.test(p))).toBe(true);
-    expectLoss(await perDrawLoss(withKohya, lora), withKohya);
+    expectFixtureLoss(await perDrawLoss(unet, schedule, captionStates, withKohya, lora), withKohya);
   });
 });
 

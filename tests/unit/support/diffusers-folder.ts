@@ -1,8 +1,8 @@
-import { readdirSync, readFileSync, statSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { DiffusersFolder } from '../../../src/core/models/diffusion/component';
-import { bytesSource } from '../../../src/core/safetensors/index';
+import { filesOnDisk } from './disk-files';
 
 /** The shared tiny SD 1.x fixture folder (diffusers layout) and its reference outputs. */
 export const SD_FIXTURES = fileURLToPath(new URL('../../../../shared/fixtures/sd/', import.meta.url));
@@ -10,16 +10,7 @@ export const TINY_SD = join(SD_FIXTURES, 'tiny-sd');
 
 /** A diffusers folder on disk as the map of relative paths → byte sources the core loader reads. */
 export function diffusersFolderFromDisk(dir: string = TINY_SD): DiffusersFolder {
-  const files = new Map<string, ReturnType<typeof bytesSource>>();
-  const walk = (rel: string): void => {
-    for (const entry of readdirSync(join(dir, rel))) {
-      const path = rel ? `${rel}/${entry}` : entry;
-      if (statSync(join(dir, path)).isDirectory()) walk(path);
-      else files.set(path, bytesSource(path, new Uint8Array(readFileSync(join(dir, path)))));
-    }
-  };
-  walk('');
-  return files;
+  return new Map(filesOnDisk(dir).map((f) => [f.path, f.source]));
 }
 
 /** A JSON file of the SD fixtures, e.g. `expected/unet_forward_seed0.json`. */
