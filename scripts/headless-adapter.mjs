@@ -16,15 +16,7 @@ export async function importInitAdapter({ page, guard, fileInput, modelId, initA
   const stored = await guard.step(
     `importing the adapter ${initAdapter.name}`,
     page.evaluate(
-      async ({ modelId, name }) => {
-        const files = [...document.getElementById('lora-lab-headless-adapter').files];
-        try {
-          await window.loraLab.call('importAdapter', { modelId, name, files });
-          return { ok: true };
-        } catch (e) {
-          return { ok: false, message: e.message, userError: e.detail?.userError ?? false };
-        }
-      },
+      ({ modelId, name }) => window.loraLabHeadlessCall('importAdapter', { modelId, name, files: [...document.getElementById('lora-lab-headless-adapter').files] }),
       { modelId, name: initAdapter.name },
     ),
   );

@@ -3,7 +3,7 @@
 // status written), the page is torn down, the app is opened again on the same browser profile, its start-up
 // sweep marks the run interrupted, and the run is resumed from its last checkpoint and trained to the end.
 import { RunnerError } from './headless-guard.mjs';
-import { listExportedInPage } from './headless-export.mjs';
+import { withExportedFiles } from './headless-page.mjs';
 
 /** How long a new page waits for the dead page's run lock to be dropped (Chromium drops it soon, not at once). */
 const SWEEP_TIMEOUT_MS = 30_000;
@@ -66,24 +66,7 @@ export async function resumeAfterCrash({ page, context, url, halt, modelId, guar
   console.log(`resuming run ${halt.runId}`);
   const result = await watch.step(
     'resuming the run',
-    next.evaluate(
-      async ({ runId, modelId }) => {
-        try {
-          const run = await window.loraLab.call(
-            'resumeRun',
-            { runId, modelId },
-            { onEvent: (e) => window.loraLabHeadlessEvent(e), onProgress: (p) => window.loraLabHeadlessProgress(p) },
-          );
-          const { files } = await window.loraLab.call('exportRun', { runId: run.runId });
-          // Listed by listExportedInPage below; a merged model's Blobs are copied out a slice at a time.
-          window.loraLabHeadlessExport = files;
-          return { ok: true, run };
-        } catch (e) {
-          return { ok: false, message: e.message, userError: e.detail?.userError ?? false };
-        }
-      },
-      { runId: halt.runId, modelId },
-    ).then(async (r) => (r.ok ? { ...r, files: await next.evaluate(listExportedInPage) } : r)),
+    withExportedFiles(next, next.evaluate((payload) => window.loraLabHeadlessTrain('resumeRun', payload), { runId: halt.runId, modelId })),
   );
   return { page: next, guard: watch, result };
 }

@@ -1,7 +1,7 @@
 // The headless runner's image LoRA path: a diffusers folder as base_model and image folders as train_data and
 // val_data (headless-inputs.mjs reads them as trees). Each folder's files go to the page through one hidden file
 // input, and their paths inside the folder ride along, since a File from a plain input knows only its own name.
-import { listExportedInPage } from './headless-export.mjs';
+import { withExportedFiles } from './headless-page.mjs';
 import { InputError } from './headless-inputs.mjs';
 
 /**
@@ -18,35 +18,27 @@ export async function trainImagesInPage({ page, guard, fileInput, paths }) {
   console.log(`image run: ${paths.train.files.length} files in ${paths.train.name}${paths.val ? `, ${paths.val.files.length} in ${paths.val.name}` : ''}`);
   return guard.step(
     'training',
-    page.evaluate(
-      async ({ configYaml, specs }) => {
-        const folder = (role) => {
-          const spec = specs[role];
-          if (!spec) return null;
-          const files = [...document.getElementById(`lora-lab-headless-${role}`).files];
-          return {
-            name: spec.name,
-            files: files.map((file, i) => {
-              const path = spec.paths[i];
-              if (!path.endsWith(file.name)) throw new Error(`the ${role} files arrived out of order (${file.name} for ${path})`);
-              return { path, file };
-            }),
+    withExportedFiles(
+      page,
+      page.evaluate(
+        ({ configYaml, specs }) => {
+          const folder = (role) => {
+            const spec = specs[role];
+            if (!spec) return null;
+            const files = [...document.getElementById(`lora-lab-headless-${role}`).files];
+            return {
+              name: spec.name,
+              files: files.map((file, i) => {
+                const path = spec.paths[i];
+                if (!path.endsWith(file.name)) throw new Error(`the ${role} files arrived out of order (${file.name} for ${path})`);
+                return { path, file };
+              }),
+            };
           };
-        };
-        try {
-          const run = await window.loraLab.call(
-            'trainImages',
-            { model: folder('model'), train: folder('train'), val: folder('val'), configYaml },
-            { onEvent: (e) => window.loraLabHeadlessEvent(e), onProgress: (p) => window.loraLabHeadlessProgress(p) },
-          );
-          const { files } = await window.loraLab.call('exportRun', { runId: run.runId });
-          window.loraLabHeadlessExport = files;
-          return { ok: true, run };
-        } catch (e) {
-          return { ok: false, message: e.message, userError: e.detail?.userError ?? false };
-        }
-      },
-      { configYaml: paths.text, specs },
-    ).then(async (r) => (r.ok ? { ...r, files: await page.evaluate(listExportedInPage) } : r)),
+          return window.loraLabHeadlessTrain('trainImages', { model: folder('model'), train: folder('train'), val: folder('val'), configYaml });
+        },
+        { configYaml: paths.text, specs },
+      ),
+    ),
   );
 }

@@ -17,7 +17,8 @@ import { crashWatch, resumeAfterCrash } from './headless-crash.mjs';
 import { firstLine, guardPage, RunnerError, withTimeout } from './headless-guard.mjs';
 import { InputError, parseArgs, readConfig } from './headless-inputs.mjs';
 import { importInitAdapter } from './headless-adapter.mjs';
-import { listExportedInPage, writeExportedFiles } from './headless-export.mjs';
+import { writeExportedFiles } from './headless-export.mjs';
+import { installPageCalls, withExportedFiles } from './headless-page.mjs';
 import { loadSweep, sweepSummary } from './headless-sweep.mjs';
 import { trainImagesInPage } from './headless-images.mjs';
 
@@ -159,6 +160,7 @@ async function main() {
         }
       });
       await p.exposeFunction('loraLabHeadlessProgress', printProgress);
+      await p.addInitScript(installPageCalls);
     };
     await setUp(page);
 
@@ -192,40 +194,24 @@ async function main() {
 
     const imported = await guard.step(
       `importing ${basename(paths.baseModel)}`,
-      page.evaluate(async (name) => {
-        const files = [...document.getElementById('lora-lab-headless-model').files];
-        try {
-          const { modelId } = await window.loraLab.call('importModel', { name, files }, { onProgress: (p) => window.loraLabHeadlessProgress(p) });
-          return { ok: true, modelId };
-        } catch (e) {
-          return { ok: false, message: e.message, userError: e.detail?.userError ?? false };
-        }
-      }, basename(paths.baseModel)),
+      page.evaluate((name) => window.loraLabHeadlessCall('importModel', { name, files: [...document.getElementById('lora-lab-headless-model').files] }), basename(paths.baseModel)),
     );
     if (!imported.ok) throw imported.userError ? new InputError(imported.message) : new RunnerError(`importing the model: ${imported.message}`);
-    await importInitAdapter({ page, guard, fileInput, modelId: imported.modelId, initAdapter: paths.initAdapter });
+    const modelId = imported.result.modelId;
+    await importInitAdapter({ page, guard, fileInput, modelId, initAdapter: paths.initAdapter });
 
     const train = (configYaml, haltAfterStep) => guard.step(
       'training',
-      page.evaluate(
-        async ({ modelId, configYaml, hasVal, haltAfterStep }) => {
-          const file = (id) => document.getElementById(id).files[0];
-          try {
-            const run = await window.loraLab.call(
-              'train',
-              { modelId, configYaml, trainData: file('lora-lab-headless-train'), valData: hasVal ? file('lora-lab-headless-val') : null, haltAfterStep },
-              { onEvent: (e) => window.loraLabHeadlessEvent(e), onProgress: (p) => window.loraLabHeadlessProgress(p) },
-            );
-            const { files } = await window.loraLab.call('exportRun', { runId: run.runId });
-            // Listed by listExportedInPage below; a merged model's Blobs are copied out a slice at a time.
-            window.loraLabHeadlessExport = files;
-            return { ok: true, run };
-          } catch (e) {
-            return { ok: false, message: e.message, userError: e.detail?.userError ?? false };
-          }
-        },
-        { modelId: imported.modelId, configYaml, hasVal: paths.valData !== null, haltAfterStep },
-      ).then(async (r) => (r.ok ? { ...r, files: await page.evaluate(listExportedInPage) } : r)),
+      withExportedFiles(
+        page,
+        page.evaluate(
+          ({ modelId, configYaml, hasVal, haltAfterStep }) => {
+            const file = (id) => document.getElementById(id).files[0];
+            return window.loraLabHeadlessTrain('train', { modelId, configYaml, trainData: file('lora-lab-headless-train'), valData: hasVal ? file('lora-lab-headless-val') : null, haltAfterStep });
+          },
+          { modelId, configYaml, hasVal: paths.valData !== null, haltAfterStep },
+        ),
+      ),
     );
     if (sweep) {
       await runSweep(sweep, train, paths.outputDir, page);
@@ -237,7 +223,7 @@ async function main() {
     if (halt) {
       training.catch(() => undefined); // it ends with the page, torn down on purpose
       guard.closing();
-      ({ page, guard, result } = await resumeAfterCrash({ page, context, url, halt, modelId: imported.modelId, guard: (p) => guardPage({ page: p, context }), setUp }));
+      ({ page, guard, result } = await resumeAfterCrash({ page, context, url, halt, modelId, guard: (p) => guardPage({ page: p, context }), setUp }));
     } else {
       result = await training;
       if (crash && result.ok) throw new InputError(`--crash-at-step ${crash.step}: the run ended after ${result.run?.steps ?? 'its'} steps, before that step`);
