@@ -84,8 +84,11 @@ export interface StoredRun {
   readonly data?: RunData;
   /** Each time the run was interrupted and resumed, oldest first (run_summary.json lists them). */
   readonly interruptions?: readonly Interruption[];
-  /** An image run's stored image datasets (image-datasets.ts) by id; null for a folder picked for the run alone. */
-  readonly imageData?: { readonly train: string | null; readonly val: string | null };
+  /**
+   * An image run's stored image datasets (image-datasets.ts) by id; null for a folder picked for the run alone, and
+   * for val also when the run has no validation images: valPicked tells the two apart (absent on older records).
+   */
+  readonly imageData?: { readonly train: string | null; readonly val: string | null; readonly valPicked?: boolean };
 }
 
 /**

@@ -60,14 +60,18 @@ export async function deleteUnusedDataset(db: LoraLabDb, datasetId: string): Pro
 }
 
 /**
- * Deletes an image folder (and the latents cached from it) unless an image run trains on it now. Image runs do not
- * resume, so an interrupted one does not keep its data.
+ * Deletes an image folder (and the latents cached from it) unless an image run trains on it now or, interrupted,
+ * can still be resumed from it (as deleteUnusedDataset keeps a text run's data).
  */
 export async function deleteUnusedImageDataset(db: LoraLabDb, datasetId: string, locks: Locks): Promise<void> {
   const dataset = await db.get('imageDatasets', datasetId);
   if (!dataset) return;
   for (const run of await db.getAll('runs')) {
-    if (!usesImageDataset(run, datasetId) || (run.status !== 'running' && run.status !== 'paused')) continue;
+    if (!usesImageDataset(run, datasetId)) continue;
+    if (run.status === 'interrupted') {
+      throw new UserError(`dataset "${dataset.name}"`, `is the data of the run "${run.name}", which can still be resumed.`, 'Resume the run to the end, or delete it, then delete the dataset.');
+    }
+    if (run.status !== 'running' && run.status !== 'paused') continue;
     const probe = await locks.ifFree(lockName.run(run.id), async () => undefined);
     if (!probe.taken) {
       throw new UserError(`dataset "${dataset.name}"`, `is the data of the run "${run.name}", which is training right now.`, 'Let the run end, or stop it, then delete the dataset.');

@@ -19,12 +19,33 @@ export const IMAGE_DEFAULTS: RunConfig = {
   sample_steps: 100,
 };
 
-/** Keys a language-model run uses and an image run does not: left out of the image run's YAML. */
-const TEXT_ONLY = /^(seq_len|base_quantization|val_split|init_adapter|export_merged|early_stopping_patience):.*\n/gm;
+/**
+ * Keys a language-model run uses and an image run does not: left out of the image run's YAML. init_adapter is left
+ * out only while it is null (a fresh LoRA): "Start from" in the image library writes it.
+ */
+const TEXT_ONLY = /^(seq_len|base_quantization|val_split|export_merged|early_stopping_patience):.*\n|^init_adapter: null\b.*\n/gm;
 
 /** An image run's config as the panel's YAML: the image keys, without the text-only ones. */
 export function imageConfigYaml(config: RunConfig): string {
   return runConfigToYaml(config).replace(TEXT_ONLY, '');
+}
+
+/** What an image LoRA of the library brings to a run that starts from it: its name and LoRA shape. */
+export interface InitImageAdapter {
+  readonly name: string;
+  readonly rank: number;
+  readonly alpha: number;
+  readonly useRslora: boolean;
+}
+
+/**
+ * The config to start from `adapter` (init_adapter), with the adapter's rank, alpha and rsLoRA written so that the
+ * worker does not refuse the YAML for disagreeing with it, and target_modules back to the default (the run takes
+ * the modules the adapter adapts). Null clears init_adapter (a fresh LoRA) and leaves the rest as it is.
+ */
+export function imageConfigStartingFrom(config: RunConfig, adapter: InitImageAdapter | null): RunConfig {
+  if (adapter === null) return { ...config, init_adapter: null };
+  return { ...config, init_adapter: adapter.name, lora_rank: adapter.rank, lora_alpha: adapter.alpha, use_rslora: adapter.useRslora, target_modules: null };
 }
 
 /** IMAGE_DEFAULTS with `changes` applied and checked (a bad change is a bug in the caller: the demo's manifest). */

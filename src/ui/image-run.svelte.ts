@@ -1,9 +1,12 @@
 import type { Finding } from '../core/diagnose';
+import { openDatabase } from '../storage/db';
+import { readMetrics } from '../storage/runs';
 import { WorkerError } from '../worker/client';
-import type { PickedFolder } from '../worker/image-run';
-import type { ImageFolderPreview } from '../worker/image-preview';
+import type { ImageDatasetPreview } from '../storage/image-datasets';
+import type { ImageTrainRequest } from '../worker/image-run';
 import type { ErrorDetail, Progress, RunControl, RunEvent } from '../worker/protocol';
 import { engine } from './engine.svelte';
+import { addLivePoint, addStoredRows, emptyCurves, type Curves } from './run-curves';
 import { runs } from './runs.svelte';
 import { training } from './training.svelte';
 
@@ -17,77 +20,101 @@ export interface ShownSample {
   readonly url: string;
 }
 
-/**
- * A folder picked with a folder input (webkitdirectory), as the worker reads it: the files by their path inside the
- * folder. Browsers give each file's path from the picked folder's parent, so the first component is the folder's name.
- */
-export function pickedFolder(files: readonly File[]): PickedFolder | null {
-  if (files.length === 0) return null;
-  const first = files[0]!.webkitRelativePath || files[0]!.name;
-  const name = first.includes('/') ? first.slice(0, first.indexOf('/')) : 'folder';
-  return {
-    name,
-    files: files.map((file) => {
-      const rel = file.webkitRelativePath || file.name;
-      return { path: rel.startsWith(`${name}/`) ? rel.slice(name.length + 1) : rel, file };
-    }),
-  };
+/** The training folder's preview as the grid shows it: the worker's rows and warnings, and a URL per thumbnail. */
+export interface ShownPreview {
+  readonly datasetId: string;
+  readonly preview: ImageDatasetPreview;
+  /** Object URLs of the stored thumbnails by image path (revoked when another preview replaces this one). */
+  readonly thumbnails: ReadonlyMap<string, string>;
 }
 
+/** A library run: the stored model and image folders (latents cached per model and folder, so the run resumes). */
+export type LibraryImageRun = ImageTrainRequest & { readonly model: { readonly modelId: string }; readonly train: { readonly datasetId: string }; readonly val: { readonly datasetId: string } | null };
+
 /**
- * The image LoRA run of this tab: the picked model and image folders, the folder's preview, and the run's live
- * curves, diagnosis and sample gallery. The worker trains one run at a time, text or image; `training.busy` and
- * this session's `busy` keep the two Start buttons honest.
+ * The image LoRA run of this tab: the preview of the chosen training folder, and the run's live curves, diagnosis
+ * and sample gallery. What it trains on is chosen in the image library (image-library.svelte.ts). The worker trains
+ * one run at a time, text or image; `training.busy` and this session's `busy` keep the two Start buttons honest.
  */
 class ImageRunSession {
-  // Raw, not deep state: the folders hold File objects that go to the worker as they are (a proxy cannot be cloned).
-  model = $state.raw<PickedFolder | null>(null);
-  train = $state.raw<PickedFolder | null>(null);
-  val = $state.raw<PickedFolder | null>(null);
-  preview = $state.raw<ImageFolderPreview | null>(null);
+  preview = $state.raw<ShownPreview | null>(null);
   previewing = $state(false);
+  /**
+   * The progress phases of the last run's preparation that read or encoded images (e.g. "Encoding training images"),
+   * as the worker reported them. Empty once the run started: every latent came from the cache.
+   */
+  encodingPhases = $state.raw<readonly string[]>([]);
+  private shownProgress = $state<Progress | null>(null);
   status = $state<ImageRunStatus>('idle');
   runId = $state<string | null>(null);
   totalSteps = $state(0);
   latest = $state<Extract<RunEvent, { kind: 'step' }> | null>(null);
   findings = $state<Finding[]>([]);
   samples = $state<ShownSample[]>([]);
-  progress = $state<Progress | null>(null);
   error = $state<ErrorDetail | null>(null);
   endReason = $state<string | null>(null);
   /** Bumped on every new point; the chart redraws from the arrays below (kept outside $state for speed). */
   version = $state(0);
-  readonly curves = { steps: [] as number[], loss: [] as number[], evalSteps: [] as number[], evalLoss: [] as number[] };
+  curves: Curves = emptyCurves();
   private control: ((action: RunControl) => void) | null = null;
+  private previewTicket = 0;
+
+  /** What the worker reports while the run prepares; a new run's or a resumed one's alike. */
+  get progress(): Progress | null {
+    return this.shownProgress;
+  }
+
+  set progress(p: Progress | null) {
+    this.shownProgress = p;
+    // Reading and encoding images happens only on a latent-cache miss (worker/image-library.ts imageSetOf).
+    if (p && /^Encoding /.test(p.phase) && !this.encodingPhases.includes(p.phase)) this.encodingPhases = [...this.encodingPhases, p.phase];
+  }
 
   get busy(): boolean {
     return this.status === 'preparing' || this.status === 'running' || this.status === 'paused' || this.status === 'stopping';
   }
 
-  /** The images' rows and warnings, read in the worker with the model's tokenizer. */
-  async refreshPreview(resolution: number, captionExtension: string): Promise<void> {
-    this.preview = null;
-    if (!this.model || !this.train) return;
+  /**
+   * A stored image folder's rows, warnings and thumbnails (token counts with the model's tokenizer when one is
+   * chosen), as a run at `resolution` with `captionExtension` would read it. Null clears the preview.
+   */
+  async refreshPreview(datasetId: string | null, modelId: string | null, resolution: number, captionExtension: string): Promise<void> {
+    if (datasetId === null) {
+      this.previewTicket++;
+      this.showPreview(null);
+      return;
+    }
+    // Only the latest request's answer is shown: choosing another folder meanwhile makes an earlier one stale.
+    const ticket = ++this.previewTicket;
     this.previewing = true;
     this.error = null;
     try {
-      this.preview = await engine.client.call('previewImageFolder', { folder: this.train, model: this.model, resolution, captionExtension }, { onProgress: (p) => (this.progress = p) });
+      const preview = await engine.client.call('previewImageDataset', { datasetId, ...(modelId === null ? {} : { modelId }), resolution, captionExtension });
+      if (ticket !== this.previewTicket) return;
+      const thumbnails = new Map(preview.thumbnails.map(({ path, png }) => [path, URL.createObjectURL(new Blob([png as Uint8Array<ArrayBuffer>], { type: 'image/png' }))]));
+      this.showPreview({ datasetId, preview, thumbnails });
     } catch (e) {
+      if (ticket !== this.previewTicket) return;
+      this.showPreview(null);
       this.error = describe(e);
     } finally {
-      this.previewing = false;
-      this.progress = null;
+      if (ticket === this.previewTicket) this.previewing = false;
     }
   }
 
-  async start(configYaml: string): Promise<void> {
-    if (this.busy || training.busy || !this.model || !this.train) return;
+  private showPreview(next: ShownPreview | null): void {
+    this.preview?.thumbnails.forEach((url) => URL.revokeObjectURL(url));
+    this.preview = next;
+  }
+
+  async start(request: LibraryImageRun): Promise<void> {
+    if (this.busy || training.busy) return;
     this.reset();
     this.status = 'preparing';
     try {
       const result = await engine.client.call(
         'trainImages',
-        { model: this.model, train: this.train, val: this.val, configYaml },
+        request,
         {
           onProgress: (p) => (this.progress = p),
           onEvent: (e) => this.receive(e),
@@ -103,6 +130,46 @@ class ImageRunSession {
       this.control = null;
       await runs.refresh();
     }
+  }
+
+  /**
+   * Continues an interrupted image run of the library from its last checkpoint (the Runs panel's Resume): the curve
+   * up to the checkpoint is read from storage and the rest arrives live, as for a resumed text run (training.svelte.ts).
+   */
+  async continueInterrupted(runId: string): Promise<void> {
+    if (this.busy || training.busy) return;
+    this.reset();
+    this.status = 'preparing';
+    try {
+      const result = await engine.client.call(
+        'resumeImageRun',
+        { runId },
+        {
+          onProgress: (p) => (this.progress = p),
+          onEvent: (e) => {
+            this.receive(e);
+            if (e.kind === 'started' && e.fromStep > 0) void this.showStored(e.runId, e.fromStep);
+          },
+          onControl: (control) => (this.control = control),
+        },
+      );
+      this.endReason = result.reason;
+    } catch (e) {
+      this.error = describe(e);
+    } finally {
+      this.status = 'ended';
+      this.progress = null;
+      this.control = null;
+      await runs.refresh();
+    }
+  }
+
+  /** A resumed run's curve up to its checkpoint: the worker has removed the rows after it when it says 'started'. */
+  private async showStored(runId: string, upTo: number): Promise<void> {
+    const rows = (await readMetrics(await openDatabase(), runId)).filter((r) => r.step <= upTo);
+    if (this.runId !== runId) return;
+    addStoredRows(this.curves, rows);
+    this.version++;
   }
 
   pause(): void {
@@ -128,11 +195,13 @@ class ImageRunSession {
     this.findings = [];
     this.error = null;
     this.endReason = null;
-    for (const list of Object.values(this.curves)) list.length = 0;
+    this.encodingPhases = [];
+    this.curves = emptyCurves();
     this.version++;
   }
 
   private receive(e: RunEvent): void {
+    if (addLivePoint(this.curves, e)) this.version++;
     switch (e.kind) {
       case 'started':
         this.runId = e.runId;
@@ -142,14 +211,6 @@ class ImageRunSession {
         break;
       case 'step':
         this.latest = e;
-        this.curves.steps.push(e.step);
-        this.curves.loss.push(e.loss);
-        this.version++;
-        break;
-      case 'eval':
-        this.curves.evalSteps.push(e.step);
-        this.curves.evalLoss.push(e.loss);
-        this.version++;
         break;
       case 'diagnosis':
         this.findings = e.findings;

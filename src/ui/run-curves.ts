@@ -1,4 +1,5 @@
 import type { MetricRow } from '../storage/db';
+import type { RunEvent } from '../worker/protocol';
 
 /** Columnar curves for the charts: uPlot wants one array per series. */
 export interface Curves {
@@ -14,6 +15,36 @@ export interface Curves {
 }
 
 export const emptyCurves = (): Curves => ({ steps: [], loss: [], learningRate: [], gradNorm: [], tokensPerSecond: [], evalSteps: [], evalLoss: [], custom: new Map() });
+
+/**
+ * Appends a live run event's point to the curves: a step's loss, learning rate, gradient norm and throughput, an
+ * evaluation's loss, a custom metric's value. Returns whether it was such a point (the caller then bumps the
+ * version its charts redraw on); other events change nothing.
+ */
+export function addLivePoint(c: Curves, e: RunEvent): boolean {
+  switch (e.kind) {
+    case 'step':
+      c.steps.push(e.step);
+      c.loss.push(e.loss);
+      c.learningRate.push(e.learningRate);
+      c.gradNorm.push(e.gradNorm);
+      c.tokensPerSecond.push(e.tokensPerSecond);
+      return true;
+    case 'eval':
+      c.evalSteps.push(e.step);
+      c.evalLoss.push(e.loss);
+      return true;
+    case 'metric': {
+      const series = c.custom.get(e.name) ?? { steps: [], values: [] };
+      series.steps.push(e.step);
+      series.values.push(e.value);
+      c.custom.set(e.name, series);
+      return true;
+    }
+    default:
+      return false;
+  }
+}
 
 /**
  * Adds a run's stored rows to curves that already hold the points seen live, in step order, each step once: a point

@@ -6,7 +6,7 @@ import { getRun, markInterruptedRuns, readMetrics } from '../storage/runs';
 import type { ErrorDetail, Progress, Requests, RunControl, RunEvent, TrainResult } from '../worker/protocol';
 import { engine } from './engine.svelte';
 import { LiveRunChannel, type LiveRunMessage, type LiveRunSnapshot } from './live-run-channel';
-import { addStoredRows, emptyCurves, type Curves } from './run-curves';
+import { addLivePoint, addStoredRows, emptyCurves, type Curves } from './run-curves';
 import { runs } from './runs.svelte';
 import { anotherTabTrains } from '../worker/one-trainer';
 
@@ -229,6 +229,7 @@ class TrainingSession {
   }
 
   private receive(e: RunEvent): void {
+    if (addLivePoint(this.curves, e)) this.version++;
     switch (e.kind) {
       case 'started':
         this.status = 'running';
@@ -240,25 +241,12 @@ class TrainingSession {
         if (e.fromStep > 0) void this.fillFromStorage(e.runId, e.fromStep);
         void runs.refresh();
         break;
-      case 'step': {
+      case 'step':
         this.latest = e;
         this.skippedSteps = e.skippedSteps;
-        const c = this.curves;
-        c.steps.push(e.step);
-        c.loss.push(e.loss);
-        c.learningRate.push(e.learningRate);
-        c.gradNorm.push(e.gradNorm);
-        c.tokensPerSecond.push(e.tokensPerSecond);
-        this.version++;
         break;
-      }
       case 'skipped':
         this.skippedSteps = e.skippedSteps;
-        break;
-      case 'eval':
-        this.curves.evalSteps.push(e.step);
-        this.curves.evalLoss.push(e.loss);
-        this.version++;
         break;
       case 'diagnosis':
         this.findings = e.findings;
@@ -271,14 +259,6 @@ class TrainingSession {
         this.status = 'running';
         this.pauseReason = null;
         break;
-      case 'metric': {
-        const series = this.curves.custom.get(e.name) ?? { steps: [], values: [] };
-        series.steps.push(e.step);
-        series.values.push(e.value);
-        this.curves.custom.set(e.name, series);
-        this.version++;
-        break;
-      }
     }
   }
 }

@@ -7,7 +7,8 @@ import type { RunEvent } from './protocol';
  * done), the worker reports `halted` and then never runs another line: no status write, no stop, no lock release.
  * The page is then torn down from outside, which is what a closed tab or a crashed worker looks like to the run.
  */
-export function haltingAfter(step: number, report: (e: RunEvent) => void, lossFn: LossFn): LossFn {
+export function haltingAfter<B>(step: number | undefined, report: (e: RunEvent) => void, lossFn: LossFn<B>): LossFn<B> {
+  if (step === undefined) return lossFn;
   return (batch, ctx) => {
     if (ctx.step === step) {
       report({ kind: 'halted', step });

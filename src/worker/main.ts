@@ -20,7 +20,7 @@ import type { ErrorDetail, Request, RequestName, Requests, Response, RunControl,
 import { resumeRequestOf } from './resume';
 import { runOutputFiles } from './run-files';
 import { trainLora, type RunContext } from './training-run';
-import { trainImageRun } from './image-run';
+import { resumeImageRun, trainImageRun } from './image-run';
 import { decodeWithImageBitmap } from './image-decoder';
 import {
   deleteStoredDiffusionModel,
@@ -32,7 +32,6 @@ import {
 } from './image-library';
 import { sweepUnfinishedDiffusionModels } from '../storage/diffusion-models';
 import { sweepUnfinishedImageDatasets } from '../storage/image-datasets';
-import { previewImageFolder } from './image-preview';
 import { mergeFinishedRun } from './merged-export';
 import { adaptedLogits, compareSideBySide } from './playground';
 
@@ -141,8 +140,17 @@ const handlers: { [K in RequestName]: Handler<K> } = {
     }
   },
 
-  async previewImageFolder(payload, ctx) {
-    return previewImageFolder(payload, ctx);
+  async resumeImageRun({ runId }, ctx) {
+    // As trainImages: the slot pinned before the first await, then emptied for the image run.
+    const pin = models.pin(IMAGE_RUN_SLOT);
+    try {
+      return await asTheOneTrainer(locks, async () => {
+        await models.unloadFor(pin);
+        return resumeImageRun(await openDatabase(), runId, ctx, locks);
+      });
+    } finally {
+      pin.release();
+    }
   },
 
   async deleteModel({ modelId }) {

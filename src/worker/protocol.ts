@@ -11,7 +11,6 @@ import type { ImageAdapterImportRequest } from './image-adapters';
 import type { ImageAdapterInfo } from '../storage/image-adapters';
 import type { StoredDiffusionModel } from '../storage/diffusion-models';
 import type { ImageDatasetPreview, ImageDatasetSummary } from '../storage/image-datasets';
-import type { ImageFolderPreview, ImageFolderPreviewRequest } from './image-preview';
 
 /**
  * The one contract between the UI thread and the training worker. Every request carries an id;
@@ -123,12 +122,17 @@ export interface Requests {
    */
   resumeRun: { payload: { runId: string; modelId: string }; result: TrainResult };
   /**
-   * Trains a Stable Diffusion LoRA from picked folders (a diffusers model, captioned images, optional validation
-   * images); the same events and one-run rule as `train`. The run is stored like any other and exported by exportRun.
+   * Trains a Stable Diffusion LoRA on a library model and image folders (the panel's runs: latents cached, resumable
+   * by resumeImageRun) or on folders picked for the run (nothing stored but the run); the same events and one-run
+   * rule as `train`. The run is stored like any other and exported by exportRun.
    */
   trainImages: { payload: ImageTrainRequest; result: TrainResult };
-  /** An image folder as an image run would read it: one row per image (caption, tokens, size) and its warnings. */
-  previewImageFolder: { payload: ImageFolderPreviewRequest; result: ImageFolderPreview };
+  /**
+   * Continues an interrupted image run (same record, its library model and image folders) from its latest
+   * checkpoint, as resumeRun does a text run: the same events (`started` with fromStep), the same one-run rule.
+   * Refused for a run started from picked folders: they were not stored.
+   */
+  resumeImageRun: { payload: { runId: string }; result: TrainResult };
   /** Every file of a run's output folder (adapter, logs, config.yaml, metrics.csv, diagnosis.json). */
   /** The run's output folder; a merged model's files come as Blobs kept on disk, to be read in slices (OutputFile). */
   exportRun: { payload: { runId: string }; result: { files: OutputFile[] } };

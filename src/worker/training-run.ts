@@ -14,7 +14,7 @@ import { tensorBoardCallbacks } from '../core/logging/tensorboard-callbacks';
 import { LoraAdapter } from '../core/lora';
 import { configWithInitAdapter, writtenConfigKeys } from '../core/lora/adapter-check';
 import { generate } from '../core/models/generate';
-import { checkResumable, composeCallbacks, customMetricCallbacks, lateCallbacks, loraEvalLossFn, loraLossFn, PERPLEXITY, Trainer, windowExamples, type CustomMetric, type LossFn, type TrainerCallbacks } from '../core/train';
+import { checkResumable, composeCallbacks, customMetricCallbacks, lateCallbacks, loraEvalLossFn, loraLossFn, PERPLEXITY, Trainer, windowExamples, type CustomMetric, type TrainerCallbacks } from '../core/train';
 import { latestCheckpoint, saveCheckpoint } from '../storage/checkpoints';
 import type { Interruption, LoraLabDb, StoredModel, StoredRun } from '../storage/db';
 import { lockName, type Locks } from '../storage/locks';
@@ -143,7 +143,7 @@ async function runTrainer(db: LoraLabDb, runId: string, p: Prepared, ctx: RunCon
   let callbacks: TrainerCallbacks = {};
   const trainer = new Trainer({
     variables: adapter.variables(),
-    lossFn: halting(p.haltAfterStep, ctx, measure.lossFn(loraLossFn(model, adapter, config.seed, { gradientCheckpointing: config.gradient_checkpointing }), (b) => b.inputs.size)),
+    lossFn: haltingAfter(p.haltAfterStep, (e) => ctx.event(e), measure.lossFn(loraLossFn(model, adapter, config.seed, { gradientCheckpointing: config.gradient_checkpointing }), (b) => b.inputs.size)),
     train: windowExamples(p.train),
     eval: hasEval ? { examples: windowExamples(p.evalSet), lossFn: loraEvalLossFn(model, adapter) } : null,
     options: trainerOptionsOf(config),
@@ -359,10 +359,6 @@ async function runTrainer(db: LoraLabDb, runId: string, p: Prepared, ctx: RunCon
 async function recordFailure(db: LoraLabDb, runId: string, e: unknown): Promise<void> {
   const message = e instanceof Error ? e.message : String(e);
   await updateRun(db, runId, { status: 'failed', error: message }).catch(() => undefined);
-}
-
-function halting(step: number | undefined, ctx: RunContext, lossFn: LossFn): LossFn {
-  return step === undefined ? lossFn : haltingAfter(step, (e) => ctx.event(e), lossFn);
 }
 
 async function adapterMatrices(adapter: LoraAdapter) {

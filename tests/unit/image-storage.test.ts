@@ -443,7 +443,7 @@ describe('latent cache', () => {
     expect(await db.count('imageDatasets')).toBe(1);
     release();
     await holding;
-    // The lock is free: the run's tab is gone, and image runs do not resume.
+    // The lock is free (the run's tab is gone) and the record is not interrupted (prune.ts keeps those runs' folders).
     await deleteUnusedImageDataset(db, dataset.id, locks);
     expect(await db.count('imageDatasets')).toBe(0);
     expect(await db.count('latents')).toBe(0);

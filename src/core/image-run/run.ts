@@ -1,8 +1,9 @@
-import { imageTrainingOf, loraSettingsOf, runConfigToYaml, runName, trainerOptionsOf, type ImageTrainingSettings, type RunConfig } from '../config/index.js';
+import { imageTrainingOf, loraSettingsOf, runConfigToYaml, trainerOptionsOf, type ImageTrainingSettings, type RunConfig } from '../config/index.js';
 import { diagnosisCallbacks } from '../diagnose/callbacks.js';
-import type { Finding } from '../diagnose/types.js';
+import type { Finding, RunHistory } from '../diagnose/types.js';
 import type { KohyaDatasetDir, TagFrequency } from '../export/kohya-lora.js';
-import { diagnosisJson, metricsCsv, type MetricsCsvRow } from '../export/run-files.js';
+import type { MetricsCsvRow } from '../export/run-files.js';
+import { sessionStartEvent } from '../logging/session-log.js';
 import { EventFileWriter } from '../logging/writer.js';
 import { tensorBoardCallbacks } from '../logging/tensorboard-callbacks.js';
 import { UserError } from '../errors.js';
@@ -17,8 +18,9 @@ import { composeCallbacks, lateCallbacks } from '../train/callbacks.js';
 import type { LossFn } from '../train/batch.js';
 import { trainingImages, validationImages, type CachedImageSet, type ImageBatch } from '../train/image-examples.js';
 import { imageLoraEvalLossFn, imageLoraLossFn, textEncoderLoraSeed } from '../train/image-loss-fns.js';
-import { Trainer, type EndReason, type TrainerCallbacks } from '../train/trainer.js';
-import { exportModulesOf, imageAdapterFiles } from './adapter-files.js';
+import { checkResumable, type TrainerCheckpoint } from '../train/checkpoint.js';
+import { Trainer, type CheckpointReason, type EndReason, type TrainerCallbacks } from '../train/trainer.js';
+import { writeImageRunFolder } from './output-folder.js';
 import { sampler, samplePath, sampleTag, type RunSample } from './samples.js';
 
 /** kohya's and diffusers' default LoRA targets on the SD UNet: the attention projections. */
@@ -36,6 +38,29 @@ export interface ImageRunSink {
   findings?(findings: readonly Finding[]): void | Promise<void>;
   /** A sample image as it is made, for a live gallery. */
   sample?(sample: RunSample): void | Promise<void>;
+  /**
+   * The run's whole state at a step boundary (the Trainer's onCheckpoint: every save_steps, before a pause, on a
+   * stop), after every row, log byte and file of the steps up to it went to the other calls: what `resume` takes.
+   */
+  checkpoint?(ck: TrainerCheckpoint, reason: CheckpointReason): void | Promise<void>;
+}
+
+/**
+ * Where an interrupted image run picks up: a checkpoint it reported and what its callbacks had by then, so the
+ * resumed run ends with the adapter files, metrics.csv, diagnosis, samples and event file of a run never stopped.
+ * A run with no checkpoint yet is not resumed but trained again from step 0 (no ImageRunResume).
+ */
+export interface ImageRunResume {
+  readonly checkpoint: TrainerCheckpoint;
+  /** The metric rows of steps 0 … checkpoint.step, as `metric` was given them, each once. */
+  readonly rows: readonly MetricsCsvRow[];
+  /** The curves the diagnosis had seen by the checkpoint (the worker's diagnosisHistoryOf of the stored rows). */
+  readonly history: Omit<RunHistory, 'totalSteps' | 'loss'>;
+  /**
+   * True when the event file written so far is kept, cut back to the checkpoint: the run then appends to it (a
+   * session_log START at the next step, TensorBoard's mark of a restart) instead of beginning a new file.
+   */
+  readonly continuesLog: boolean;
 }
 
 export interface ImageRunInput {
@@ -56,8 +81,18 @@ export interface ImageRunInput {
   readonly callbacks?: readonly TrainerCallbacks[];
   /** Wall-clock seconds; injectable so tests get the same bytes twice. */
   readonly clock?: () => number;
-  /** Reached when the run is built, before it trains: the caller's handle for pause, resume and stop. */
-  readonly onTrainer?: (run: { readonly trainer: Trainer<unknown>; readonly trainableParameters: number }) => void;
+  /**
+   * When the run began, in seconds since the Unix epoch (the kohya file's ss_training_started_at, the event file's
+   * first record); default the clock's reading now. A resumed run passes its first segment's start.
+   */
+  readonly startedAt?: number;
+  /** Continue an interrupted run from one of its checkpoints (see ImageRunResume); absent: from step 0. */
+  readonly resume?: ImageRunResume | null;
+  /**
+   * Reached (and awaited) when the run is built and a resume's checkpoint found to fit it, before anything goes to
+   * the sink: the caller's handle for pause, resume and stop, and its moment to store the run as running.
+   */
+  readonly onTrainer?: (run: { readonly trainer: Trainer<unknown>; readonly trainableParameters: number }) => void | Promise<void>;
   /** Wraps the training loss, e.g. to time each step (the worker's run_summary.json). */
   readonly measureLoss?: (inner: LossFn<ImageBatch>) => LossFn<ImageBatch>;
   /**
@@ -109,14 +144,17 @@ export function imageLearningRates(training: ImageTrainingSettings): { readonly 
  * An image LoRA run start to finish on cached latents: a UNet LoRA (and with train_text_encoder a CLIP text-encoder
  * LoRA on kohya's targets, at its own rate) trained on the denoising loss (kohya's noise draws, noise offset and
  * min-SNR weighting), the fixed-noise validation loss every eval_steps, the curves diagnosed live, a TensorBoard log
- * with scalars and sample images every sample_steps (and at the end), and the output folder: `<run name>.safetensors`
- * (kohya, both networks), the PEFT folder files (the text encoder's under text_encoder/), config.yaml, metrics.csv,
- * diagnosis.json, samples/. DOM-free; the worker and the tests give it their own sink.
+ * with scalars and sample images every sample_steps (and at the end), checkpoints for a resume (sink.checkpoint),
+ * and the output folder (output-folder.ts, plus samples/). Every random draw is keyed by the run's seed and the step
+ * (image-loss-fns.ts), so a run resumed from a checkpoint (`resume`) takes exactly the steps it would have taken.
+ * DOM-free; the worker and the tests give it their own sink.
  */
 export async function trainImageLora(input: ImageRunInput, sink: ImageRunSink): Promise<ImageRunResult> {
   const { config, pipeline, schedule } = input;
   const now = input.clock ?? (() => Date.now() / 1000);
-  const started = now();
+  const started = input.startedAt ?? now();
+  const resume = input.resume ?? null;
+  const from = resume?.checkpoint ?? null;
   const configSettings = imageLoraSettings(config);
   const training = imageTrainingOf(config);
   const rates = imageLearningRates(training);
@@ -154,11 +192,15 @@ export async function trainImageLora(input: ImageRunInput, sink: ImageRunSink): 
       train: trainingImages(input.train),
       eval: input.val && input.val.examples.length > 0 ? { examples: validationImages(input.val, config.seed, schedule.numTrainTimesteps), lossFn: imageLoraEvalLossFn(parts) } : null,
       options: { ...trainerOptionsOf(config), learningRate: rates.base },
+      resumeFrom: from,
       callbacks: lateCallbacks(() => callbacks),
     });
-    input.onTrainer?.({ trainer: trainer as Trainer<unknown>, trainableParameters });
+    // Refused here, before the caller undoes anything of the stored run, when the checkpoint is not this run's.
+    if (from) checkResumable(from, trainer.plan, [...unetVariables, ...textVariables]);
+    await input.onTrainer?.({ trainer: trainer as Trainer<unknown>, trainableParameters });
 
-    const rows: MetricsCsvRow[] = [];
+    // A resumed run's rows up to its checkpoint, then this segment's: metrics.csv holds every step once.
+    const rows: MetricsCsvRow[] = [...(resume?.rows ?? [])];
     const keep = async (row: MetricsCsvRow) => {
       rows.push(row);
       await sink.metric(row);
@@ -172,14 +214,23 @@ export async function trainImageLora(input: ImageRunInput, sink: ImageRunSink): 
     });
     let logger: ReturnType<typeof tensorBoardCallbacks> | null = null;
     if (writer) {
-      writer.writeFileVersion(started);
-      writer.addText('config', runConfigToYaml(config), 0, started);
+      if (from && resume?.continuesLog) {
+        // The stored file already begins with its version record: this writer's own is made and dropped.
+        const resumedAt = now();
+        writer.writeFileVersion(resumedAt);
+        writer.takePending();
+        writer.addEvent(sessionStartEvent(from.step + 1, resumedAt));
+      } else {
+        writer.writeFileVersion(started);
+        writer.addText('config', runConfigToYaml(config), 0, started);
+      }
       await sink.log(writer.takePending());
       logger = tensorBoardCallbacks({ writer, flush: async (bytes) => sink.log(bytes), clock: now });
       sets.push(logger);
     }
     // The denoising rules: a noisier loss, judged mostly by the fixed-noise validation curve (diagnose/README.md).
-    const diagnosis = diagnosisCallbacks({ totalSteps: trainer.totalSteps, loss: 'denoising', onFindings: (f) => sink.findings?.(f) });
+    // A resumed run's diagnosis goes on from the curves up to its checkpoint, reporting nothing they already showed.
+    const diagnosis = diagnosisCallbacks({ totalSteps: trainer.totalSteps, loss: 'denoising', initial: resume?.history, onFindings: (f) => sink.findings?.(f) });
     sets.push(diagnosis);
 
     const takeSamples = async (step: number): Promise<void> => {
@@ -193,7 +244,8 @@ export async function trainImageLora(input: ImageRunInput, sink: ImageRunSink): 
         }
       }
     };
-    let sampledAt = -1;
+    // A checkpoint is taken after its step's samples: a run resumed from it does not make them again.
+    let sampledAt = from && config.sample_steps > 0 && from.step % config.sample_steps === 0 ? from.step : -1;
     if (samples && config.sample_steps > 0) {
       sets.push({
         async onStepEnd(m) {
@@ -203,53 +255,33 @@ export async function trainImageLora(input: ImageRunInput, sink: ImageRunSink): 
         },
       });
     }
+    // Last: a checkpoint comes after everything of its step has reached the sink (rows, log, samples).
+    const checkpoint = sink.checkpoint?.bind(sink);
+    if (checkpoint) sets.push({ onCheckpoint: (ck, reason) => checkpoint(ck, reason) });
     callbacks = composeCallbacks(...sets);
 
     const end = await trainer.run();
     // The samples of the finished adapter, unless the last step already made them.
     if (end.step !== sampledAt) await takeSamples(end.step);
 
-    const name = runName(config);
-    const targetsOf = (s: LoraSettings, all: { readonly linears: readonly { readonly path: string }[] }): readonly string[] =>
-      s.targetModules === 'all-linear' ? all.linears.map((l) => l.path) : s.targetModules;
-    const networks = {
-      unet: { modules: await exportModulesOf(adapter, 'unet'), targetModules: targetsOf(settings, pipeline.unet) },
-      textEncoder: textAdapter ? { modules: await exportModulesOf(textAdapter, 'text_encoder'), targetModules: targetsOf(textSettings, pipeline.textEncoder) } : null,
-    };
-    const files = await imageAdapterFiles(networks, {
-      runName: name,
-      unet: pipeline.unet,
-      baseModelName: input.baseModelName,
-      notes: {
-        networkDim: settings.rank,
-        networkAlpha: settings.alpha,
-        resolution: { width: config.resolution, height: config.resolution },
-        datasetDirs: input.dataset.dirs,
-        tagFrequency: input.dataset.tagFrequency,
-        learningRate: config.learning_rate,
-        unetLr: config.unet_lr,
-        // As sd-scripts notes args.text_encoder_lr: the key as given ("None": learning_rate), null when not trained.
-        textEncoderLr: textAdapter ? config.text_encoder_lr : null,
-        maxTrainSteps: trainer.totalSteps,
-        steps: end.step,
-        epoch: Math.ceil(end.step / trainer.stepsPerEpoch),
-        numEpochs: Math.ceil(trainer.totalSteps / trainer.stepsPerEpoch),
-        seed: config.seed,
-        outputName: name,
-        trainingStartedAtMs: started * 1000,
-        trainingFinishedAtMs: now() * 1000,
-        sdModelName: input.baseModelName,
-        clipSkip: null,
-        noiseOffset: config.noise_offset > 0 ? config.noise_offset : null,
-        minSnrGamma: config.min_snr_gamma > 0 ? config.min_snr_gamma : null,
-        trainingComment: 'trained with LoRA Lab',
-      },
-    });
-    for (const [path, bytes] of Object.entries(files)) await sink.file(path, bytes);
     const findings = diagnosis.findings();
-    await sink.file('config.yaml', runConfigToYaml(config));
-    await sink.file('metrics.csv', metricsCsv(rows));
-    await sink.file('diagnosis.json', diagnosisJson(findings));
+    await writeImageRunFolder(
+      {
+        config,
+        baseModelName: input.baseModelName,
+        dataset: input.dataset,
+        totalSteps: trainer.totalSteps,
+        stepsPerEpoch: trainer.stepsPerEpoch,
+        steps: end.step,
+        startedAt: started,
+        finishedAt: now(),
+        rows,
+        findings,
+      },
+      pipeline,
+      { unet: { adapter, settings }, textEncoder: textAdapter ? { adapter: textAdapter, settings: textSettings } : null },
+      (path, bytes) => sink.file(path, bytes),
+    );
     return { reason: end.reason, steps: end.step, findings, trainableParameters };
   } finally {
     adapter.dispose();
