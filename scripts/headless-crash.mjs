@@ -45,10 +45,11 @@ function storedRun(page, runId) {
 
 /**
  * After the halt: tears `page` down, opens the app in a new page of the same profile until its sweep shows the run
- * interrupted, and resumes it there. Returns the new page (to be guarded by the caller's `guard(page)`) and what
- * the train step returns: `{ ok, run, files }` or `{ ok: false, message, userError }`.
+ * interrupted, and resumes it there with `resume` ({ request, payload }: resumeRun for a text run, resumeImageRun for
+ * an image run). Returns the new page (to be guarded by the caller's `guard(page)`) and what the train step returns:
+ * `{ ok, run, files }` or `{ ok: false, message, userError }`.
  */
-export async function resumeAfterCrash({ page, context, url, halt, modelId, guard, setUp }) {
+export async function resumeAfterCrash({ page, context, url, halt, resume, guard, setUp }) {
   await page.close({ runBeforeUnload: false });
   console.log(`crash: tore the page down right after step ${halt.step}; opening the app again on the same profile`);
   const next = await context.newPage();
@@ -66,7 +67,7 @@ export async function resumeAfterCrash({ page, context, url, halt, modelId, guar
   console.log(`resuming run ${halt.runId}`);
   const result = await watch.step(
     'resuming the run',
-    withExportedFiles(next, next.evaluate((payload) => window.loraLabHeadlessTrain('resumeRun', payload), { runId: halt.runId, modelId })),
+    withExportedFiles(next, next.evaluate(({ request, payload }) => window.loraLabHeadlessTrain(request, payload), resume)),
   );
   return { page: next, guard: watch, result };
 }

@@ -179,11 +179,28 @@ async function main() {
     if (backend.error) throw new InputError(`backend: ${backend.error.trim()}`);
     console.log(`backend: ${backend.text}`);
 
-    if (paths.kind === 'image') {
-      if (crash) throw new InputError('--crash-at-step: image runs cannot be resumed yet; run without it');
-      const result = await trainImagesInPage({ page, guard, fileInput, paths });
+    /**
+     * Waits for `training` to end, or with --crash-at-step for its halt: then the page is torn down and the run
+     * resumed in a new one (`resume(runId)`: the request and payload that continue it). Writes the run's files.
+     */
+    const finish = async (training, resume) => {
+      let result;
+      const halt = crash ? await Promise.race([crash.halted, training.then(() => null)]) : null;
+      if (halt) {
+        training.catch(() => undefined); // it ends with the page, torn down on purpose
+        guard.closing();
+        ({ page, guard, result } = await resumeAfterCrash({ page, context, url, halt, resume: resume(halt.runId), guard: (p) => guardPage({ page: p, context }), setUp }));
+      } else {
+        result = await training;
+        if (crash && result.ok) throw new InputError(`--crash-at-step ${crash.step}: the run ended after ${result.run?.steps ?? 'its'} steps, before that step`);
+      }
       if (!result.ok) throw result.userError ? new InputError(result.message) : new RunnerError(`training: ${result.message}`);
       await writeRunFiles(page, paths.outputDir, result);
+    };
+
+    if (paths.kind === 'image') {
+      const training = trainImagesInPage({ page, guard, fileInput, paths, haltAfterStep: crashAtStep ?? undefined });
+      await finish(training, (runId) => ({ request: 'resumeImageRun', payload: { runId } }));
       return;
     }
 
@@ -217,19 +234,7 @@ async function main() {
       await runSweep(sweep, train, paths.outputDir, page);
       return;
     }
-    const training = train(paths.text, crashAtStep ?? undefined);
-    let result;
-    const halt = crash ? await Promise.race([crash.halted, training.then(() => null)]) : null;
-    if (halt) {
-      training.catch(() => undefined); // it ends with the page, torn down on purpose
-      guard.closing();
-      ({ page, guard, result } = await resumeAfterCrash({ page, context, url, halt, modelId, guard: (p) => guardPage({ page: p, context }), setUp }));
-    } else {
-      result = await training;
-      if (crash && result.ok) throw new InputError(`--crash-at-step ${crash.step}: the run ended after ${result.run?.steps ?? 'its'} steps, before that step`);
-    }
-    if (!result.ok) throw result.userError ? new InputError(result.message) : new RunnerError(`training: ${result.message}`);
-    await writeRunFiles(page, paths.outputDir, result);
+    await finish(train(paths.text, crashAtStep ?? undefined), (runId) => ({ request: 'resumeRun', payload: { runId, modelId } }));
   } finally {
     await cleanUp();
   }

@@ -1,11 +1,12 @@
-import { mkdirSync, mkdtempSync, readdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join, relative } from 'node:path';
+import { join } from 'node:path';
 import { expect, test } from 'vitest';
 import { readEventFile, scalarSeries } from '../../src/core/logging';
 import { applyRestarts, isSessionStart } from '../../src/core/logging/session-log';
 import { MODELS_DIR } from './support/fixtures';
 import { runHeadless } from './support/headless';
+import { curvesOf, filesUnder } from './support/output-folder';
 
 // `npm run headless -- train --config RUN.yaml --crash-at-step 5`: the worker stops dead right after step 5, the page
 // is torn down, the app reopens on the same profile and resumes the run from its step-4 checkpoint. The output
@@ -31,23 +32,7 @@ function runFolder(): string {
   return dir;
 }
 
-function filesUnder(root: string, dir = root): Map<string, Uint8Array> {
-  const out = new Map<string, Uint8Array>();
-  for (const entry of readdirSync(dir, { withFileTypes: true })) {
-    const path = join(dir, entry.name);
-    if (entry.isDirectory()) for (const [k, v] of filesUnder(root, path)) out.set(k, v);
-    else out.set(relative(root, path), new Uint8Array(readFileSync(path)));
-  }
-  return out;
-}
-
 const text = (b: Uint8Array | undefined) => new TextDecoder().decode(b);
-
-function curves(files: Map<string, Uint8Array>): string[][] {
-  const rows = text(files.get('metrics.csv')).trim().split('\n').map((l) => l.split(','));
-  const drop = rows[0]!.indexOf('tokens_per_second');
-  return rows.map((r) => r.filter((_, i) => i !== drop));
-}
 
 function events(files: Map<string, Uint8Array>): unknown[] {
   const path = [...files.keys()].find((p) => p.startsWith('logs/'))!;
@@ -78,7 +63,7 @@ test('--crash-at-step 5: the resumed run writes what the uninterrupted run write
   for (const path of ['adapter_model.safetensors', 'adapter_config.json', 'checkpoint-4/adapter_model.safetensors', 'config.yaml', 'diagnosis.json']) {
     expect(got.get(path), path).toEqual(want.get(path));
   }
-  expect(curves(got)).toEqual(curves(want));
+  expect(curvesOf(got)).toEqual(curvesOf(want));
   expect(events(got)).toEqual(events(want));
   const logPath = [...got.keys()].find((p) => p.startsWith('logs/'))!;
   expect(scalarSeries(readEventFile(logPath, got.get(logPath)!)).get('train/loss')!.map((p) => p.step)).toEqual([1, 2, 3, 4, 5, 6, 7, 8]);

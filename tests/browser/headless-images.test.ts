@@ -7,12 +7,14 @@ import { bytesSource, readHeader } from '../../src/core/safetensors/index';
 import { decodePng } from '../unit/support/png';
 import { SD_DIR } from './support/fixtures';
 import { runHeadless } from './support/headless';
+import { curvesOf, filesUnder } from './support/output-folder';
 
 // An image LoRA through the headless runner, end to end in Chromium: a diffusers folder as base_model and image
 // folders as train_data and val_data (linked, as the fixture's own), the run trained in the app's worker, and the
 // output folder written as the issue lists it.
 
-test('npm run headless trains an image LoRA from a diffusers folder and an image folder', async () => {
+/** A run folder: links to the fixture's model and image folders, and the config; the same relative output_dir in each. */
+function runFolder(): string {
   const dir = mkdtempSync(join(tmpdir(), 'lora-lab-headless-images-'));
   symlinkSync(join(SD_DIR, 'tiny-sd'), join(dir, 'tiny-sd'));
   symlinkSync(join(SD_DIR, 'data-stripes'), join(dir, 'stripes'));
@@ -36,16 +38,25 @@ test('npm run headless trains an image LoRA from a diffusers folder and an image
       'eval_on_start: true',
       'log_steps: 1',
       'sample_steps: 3',
+      'save_steps: 2',
       'sample_prompts:',
       '  - "a small red circle on a blue background, stripes style --s 4 --d 1"',
     ].join('\n'),
   );
+  return dir;
+}
+
+/** The uninterrupted run's output folder, which the crashed run's must equal. */
+let straightOut = '';
+
+test('npm run headless trains an image LoRA from a diffusers folder and an image folder', async () => {
+  const dir = runFolder();
   const result = runHeadless(['train', '--config', join(dir, 'run.yaml')], { timeoutMs: 400_000 });
   expect(result.stderr).toBe('');
   expect(result.status).toBe(0);
   expect(result.stdout).toMatch(/^run [0-9a-f-]+: 6 steps, 40 training images, 20 validation images, \d+ trainable parameters$/m);
 
-  const out = join(dir, 'output', 'stripes-style');
+  const out = (straightOut = join(dir, 'output', 'stripes-style'));
   // The kohya file image UIs load: every attention projection's down/up/alpha, and sd-scripts' notes.
   const kohya = await readHeader(bytesSource('stripes-style.safetensors', new Uint8Array(readFileSync(join(out, 'stripes-style.safetensors')))));
   expect(kohya.tensors).toHaveLength(48 * 3);
@@ -79,4 +90,30 @@ test('npm run headless trains an image LoRA from a diffusers folder and an image
   expect(images).toEqual(['3:samples/0', '6:samples/0']);
   expect(scalarSeries(events).get('eval/loss')?.map((p) => p.step)).toEqual([0, 3, 6]);
   expect(scalarSeries(events).get('train/loss')?.map((p) => p.step)).toEqual([1, 2, 3, 4, 5, 6]);
+});
+
+test('--crash-at-step 5: the resumed image run writes what the uninterrupted run writes, and lists the interruption', async () => {
+  expect(straightOut, 'the uninterrupted run of the test above').not.toBe('');
+  const dir = runFolder();
+  const crashed = runHeadless(['train', '--config', join(dir, 'run.yaml'), '--crash-at-step', '5'], { timeoutMs: 400_000 });
+  expect(crashed.stderr).toBe('');
+  expect(crashed.status).toBe(0);
+  expect(crashed.stdout).toMatch(/^crash: tore the page down right after step 5;/m);
+  // Steps 1–5, then the resumed 5–6 (step 5 again: the checkpoint was at 4).
+  expect([...crashed.stdout.matchAll(/^step (\d+) /gm)].map((m) => Number(m[1]))).toEqual([1, 2, 3, 4, 5, 5, 6]);
+
+  const got = filesUnder(join(dir, 'output', 'stripes-style'));
+  const want = filesUnder(straightOut);
+  const names = (files: Map<string, Uint8Array>) => [...files.keys()].map((p) => p.replace(/tfevents\..*/, 'tfevents')).sort();
+  expect(names(got)).toEqual(names(want));
+  // The same adapter, samples and diagnosis, byte for byte (wasm is deterministic); the kohya file's data section too
+  // (its notes hold the clock's start and finish).
+  for (const path of ['adapter_model.safetensors', 'adapter_config.json', 'config.yaml', 'diagnosis.json', 'samples/3_0.png', 'samples/6_0.png']) {
+    expect(got.get(path), path).toEqual(want.get(path));
+  }
+  const dataOf = async (bytes: Uint8Array) => bytes.subarray((await readHeader(bytesSource('kohya', bytes))).dataStart);
+  expect(await dataOf(got.get('stripes-style.safetensors')!)).toEqual(await dataOf(want.get('stripes-style.safetensors')!));
+  // Each step once in the curves, with the same numbers (throughput aside).
+  expect(curvesOf(got)).toEqual(curvesOf(want));
+  expect(JSON.parse(new TextDecoder().decode(got.get('run_summary.json'))).interruptions).toEqual([{ at_step: 5, resumed_from_step: 4 }]);
 });
