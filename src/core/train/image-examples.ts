@@ -63,15 +63,19 @@ function hashSet(set: CachedImageSet): string {
     a = fmix32((a ^ x) + 0x9e3779b9);
     b = fmix32((b + Math.imul(x, 0x7feb352d)) ^ a);
   };
-  for (const e of set.examples) {
-    const words = new Uint32Array(e.latents.buffer, e.latents.byteOffset, e.latents.length);
+  const mixFloats = (values: Float32Array): void => {
+    const words = new Uint32Array(values.buffer, values.byteOffset, values.length);
     for (let i = 0; i < words.length; i++) mix(words[i]!);
+  };
+  for (const e of set.examples) {
+    mixFloats(e.latents);
     mix(e.flippedLatents === null ? 0 : 1);
     mix(e.caption);
   }
   const captions = set.captions;
+  // The captions as the loss reads them: token ids, or the frozen encoder's states (a changed caption changes them).
   if (captions.kind === 'ids') for (const ids of captions.ids) for (const id of ids) mix(id);
-  else mix(captions.states.length);
+  else for (const states of captions.states) mixFloats(states);
   return a.toString(16).padStart(8, '0') + b.toString(16).padStart(8, '0');
 }
 
