@@ -1,10 +1,10 @@
 import type { Finding } from '../core/diagnose';
 import { openDatabase } from '../storage/db';
 import { readMetrics } from '../storage/runs';
-import { WorkerError } from '../worker/client';
+import { WorkerError, type CallOptions } from '../worker/client';
 import type { ImageDatasetPreview } from '../storage/image-datasets';
 import type { ImageTrainRequest } from '../worker/image-run';
-import type { ErrorDetail, Progress, RunControl, RunEvent } from '../worker/protocol';
+import type { ErrorDetail, Progress, RunControl, RunEvent, TrainResult } from '../worker/protocol';
 import { engine } from './engine.svelte';
 import { addLivePoint, addStoredRows, emptyCurves, type Curves } from './run-curves';
 import { runs } from './runs.svelte';
@@ -107,52 +107,30 @@ class ImageRunSession {
     this.preview = next;
   }
 
-  async start(request: LibraryImageRun): Promise<void> {
-    if (this.busy || training.busy) return;
-    this.reset();
-    this.status = 'preparing';
-    try {
-      const result = await engine.client.call(
-        'trainImages',
-        request,
-        {
-          onProgress: (p) => (this.progress = p),
-          onEvent: (e) => this.receive(e),
-          onControl: (control) => (this.control = control),
-        },
-      );
-      this.endReason = result.reason;
-    } catch (e) {
-      this.error = describe(e);
-    } finally {
-      this.status = 'ended';
-      this.progress = null;
-      this.control = null;
-      await runs.refresh();
-    }
+  /** Trains a new image run on the library's model and folders. */
+  start(request: LibraryImageRun): Promise<void> {
+    return this.session((handlers) => engine.client.call('trainImages', request, handlers));
   }
 
   /**
    * Continues an interrupted image run of the library from its last checkpoint (the Runs panel's Resume): the curve
    * up to the checkpoint is read from storage and the rest arrives live, as for a resumed text run (training.svelte.ts).
    */
-  async continueInterrupted(runId: string): Promise<void> {
+  continueInterrupted(runId: string): Promise<void> {
+    return this.session((handlers) => engine.client.call('resumeImageRun', { runId }, handlers));
+  }
+
+  /** One run in the worker, start to end: its progress, events and controls shown here, the runs list refreshed after. */
+  private async session(call: (handlers: CallOptions) => Promise<TrainResult>): Promise<void> {
     if (this.busy || training.busy) return;
     this.reset();
     this.status = 'preparing';
     try {
-      const result = await engine.client.call(
-        'resumeImageRun',
-        { runId },
-        {
-          onProgress: (p) => (this.progress = p),
-          onEvent: (e) => {
-            this.receive(e);
-            if (e.kind === 'started' && e.fromStep > 0) void this.showStored(e.runId, e.fromStep);
-          },
-          onControl: (control) => (this.control = control),
-        },
-      );
+      const result = await call({
+        onProgress: (p) => (this.progress = p),
+        onEvent: (e) => this.receive(e),
+        onControl: (control) => (this.control = control),
+      });
       this.endReason = result.reason;
     } catch (e) {
       this.error = describe(e);
@@ -208,6 +186,7 @@ class ImageRunSession {
         this.totalSteps = e.totalSteps;
         this.status = 'running';
         this.progress = null;
+        if (e.fromStep > 0) void this.showStored(e.runId, e.fromStep);
         break;
       case 'step':
         this.latest = e;

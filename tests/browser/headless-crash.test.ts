@@ -3,10 +3,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { expect, test } from 'vitest';
 import { readEventFile, scalarSeries } from '../../src/core/logging';
-import { applyRestarts, isSessionStart } from '../../src/core/logging/session-log';
 import { MODELS_DIR } from './support/fixtures';
 import { runHeadless } from './support/headless';
-import { curvesOf, filesUnder } from './support/output-folder';
+import { curvesOf, eventsOf, filesUnder } from './support/run-files';
 
 // `npm run headless -- train --config RUN.yaml --crash-at-step 5`: the worker stops dead right after step 5, the page
 // is torn down, the app reopens on the same profile and resumes the run from its step-4 checkpoint. The output
@@ -34,15 +33,6 @@ function runFolder(): string {
 
 const text = (b: Uint8Array | undefined) => new TextDecoder().decode(b);
 
-function events(files: Map<string, Uint8Array>): unknown[] {
-  const path = [...files.keys()].find((p) => p.startsWith('logs/'))!;
-  return applyRestarts(readEventFile(path, files.get(path)!))
-    .filter((e) => !isSessionStart(e))
-    .map(({ wallTime: _, ...rest }) =>
-      rest.kind === 'summary' ? { ...rest, values: rest.values.map((v) => (v.tag === 'train/tokens_per_second' ? { ...v, value: 'clock' } : v)) } : rest,
-    );
-}
-
 test('--crash-at-step 5: the resumed run writes what the uninterrupted run writes, and lists the interruption', () => {
   const crashedDir = runFolder();
   const crashed = headless(join(crashedDir, 'run.yaml'), '--crash-at-step', '5');
@@ -64,7 +54,7 @@ test('--crash-at-step 5: the resumed run writes what the uninterrupted run write
     expect(got.get(path), path).toEqual(want.get(path));
   }
   expect(curvesOf(got)).toEqual(curvesOf(want));
-  expect(events(got)).toEqual(events(want));
+  expect(eventsOf(got)).toEqual(eventsOf(want));
   const logPath = [...got.keys()].find((p) => p.startsWith('logs/'))!;
   expect(scalarSeries(readEventFile(logPath, got.get(logPath)!)).get('train/loss')!.map((p) => p.step)).toEqual([1, 2, 3, 4, 5, 6, 7, 8]);
 

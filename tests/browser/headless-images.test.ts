@@ -7,7 +7,7 @@ import { bytesSource, readHeader } from '../../src/core/safetensors/index';
 import { decodePng } from '../unit/support/png';
 import { SD_DIR } from './support/fixtures';
 import { runHeadless } from './support/headless';
-import { curvesOf, filesUnder } from './support/output-folder';
+import { curvesOf, filesUnder } from './support/run-files';
 
 // An image LoRA through the headless runner, end to end in Chromium: a diffusers folder as base_model and image
 // folders as train_data and val_data (linked, as the fixture's own), the run trained in the app's worker, and the

@@ -2,11 +2,12 @@ import { join } from 'node:path';
 import type { Page } from 'playwright-core';
 import { afterAll, beforeAll, expect, test } from 'vitest';
 import { readEventFile, scalarSeries } from '../../src/core/logging';
-import { applyRestarts, isSessionStart } from '../../src/core/logging/session-log';
+import { isSessionStart } from '../../src/core/logging/session-log';
 import type { RunEvent } from '../../src/worker/protocol';
 import type { BrowserSession } from './harness';
 import { SD_DIR } from './support/fixtures';
 import { openApp, startedApp } from './support/train';
+import { curvesOf, eventsOf, exportedFiles, storedRuns } from './support/run-files';
 
 // An image run's exact resume in the real app (wasm): a tab training an image LoRA on the library's tiny-sd and
 // stripes folder is closed mid-run with no stop and no pause; a new tab of the same profile shows the run
@@ -56,49 +57,6 @@ async function importFolder(page: Page, dir: string, request: 'importDiffusionMo
   }, request);
 }
 
-async function storedRuns(page: Page): Promise<{ id: string; status: string; interruptions?: { at_step: number; resumed_from_step: number }[] }[]> {
-  return page.evaluate(
-    () =>
-      new Promise((resolve, reject) => {
-        const open = indexedDB.open('lora-lab');
-        open.onerror = () => reject(open.error);
-        open.onsuccess = () => {
-          const request = open.result.transaction('runs', 'readonly').objectStore('runs').getAll();
-          request.onsuccess = () => {
-            open.result.close();
-            resolve(request.result);
-          };
-          request.onerror = () => reject(request.error);
-        };
-      }),
-  );
-}
-
-async function exported(page: Page, runId: string): Promise<Map<string, Uint8Array>> {
-  const files = await page.evaluate(async (id) => {
-    const { files } = await window.loraLab!.call('exportRun', { runId: id });
-    return Promise.all(files.map(async (f) => ({ path: f.path, bytes: Array.from(f.bytes instanceof Blob ? new Uint8Array(await f.bytes.arrayBuffer()) : f.bytes) })));
-  }, runId);
-  return new Map(files.map((f) => [f.path, Uint8Array.from(f.bytes)]));
-}
-
-/** metrics.csv rows without tokens_per_second (a clock reading). */
-function curves(files: Map<string, Uint8Array>): string[][] {
-  const rows = new TextDecoder().decode(files.get('metrics.csv')).trim().split('\n').map((l) => l.split(','));
-  const drop = rows[0]!.indexOf('tokens_per_second');
-  return rows.map((r) => r.filter((_, i) => i !== drop));
-}
-
-/** The log as TensorBoard keeps it, clock readings (wall times, throughput) left out. */
-function events(files: Map<string, Uint8Array>): unknown[] {
-  const path = [...files.keys()].find((p) => p.startsWith('logs/'))!;
-  return applyRestarts(readEventFile(path, files.get(path)!))
-    .filter((e) => !isSessionStart(e))
-    .map(({ wallTime: _, ...rest }) =>
-      rest.kind === 'summary' ? { ...rest, values: rest.values.map((v) => (v.tag === 'train/tokens_per_second' ? { ...v, value: 'clock' } : v)) } : rest,
-    );
-}
-
 test('an image run whose tab closed mid-run is resumed from the Runs panel and writes what an uninterrupted run writes', async () => {
   const trainer = browser.page;
   const modelId = await importFolder(trainer, join(SD_DIR, 'tiny-sd'), 'importDiffusionModel');
@@ -140,16 +98,16 @@ test('an image run whose tab closed mid-run is resumed from the Runs panel and w
   await expect.poll(() => row.getByTestId('run-interruptions').textContent()).toBe(`interrupted after step ${at_step}, resumed from step ${resumed_from_step}`);
   await expect(row.getByRole('button', { name: /^Resume / }).count()).resolves.toBe(0);
 
-  const resumed = await exported(viewer, interrupted!.id);
+  const resumed = await exportedFiles(viewer, interrupted!.id);
   const straight = await viewer.evaluate(async (payload) => {
     const done = await window.loraLab!.call('trainImages', payload);
     return done.runId;
   }, request);
-  const expected = await exported(viewer, straight);
+  const expected = await exportedFiles(viewer, straight);
   for (const path of ['adapter_model.safetensors', 'adapter_config.json', 'diagnosis.json', 'config.yaml']) expect(resumed.get(path), path).toEqual(expected.get(path));
-  expect(curves(resumed)).toEqual(curves(expected));
-  expect(curves(resumed).slice(1).map((r) => Number(r[0]))).toEqual(Array.from({ length: STEPS }, (_, i) => i + 1));
-  expect(events(resumed)).toEqual(events(expected));
+  expect(curvesOf(resumed)).toEqual(curvesOf(expected));
+  expect(curvesOf(resumed).slice(1).map((r) => Number(r[0]))).toEqual(Array.from({ length: STEPS }, (_, i) => i + 1));
+  expect(eventsOf(resumed)).toEqual(eventsOf(expected));
   const logPath = [...resumed.keys()].find((p) => p.startsWith('logs/'))!;
   const raw = readEventFile(logPath, resumed.get(logPath)!);
   expect(scalarSeries(raw).get('train/loss')!.map((p) => p.step)).toEqual(Array.from({ length: STEPS }, (_, i) => i + 1));

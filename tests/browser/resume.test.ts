@@ -1,10 +1,10 @@
-import type { Page } from 'playwright-core';
 import { afterAll, beforeAll, expect, test } from 'vitest';
 import { readEventFile, scalarSeries } from '../../src/core/logging';
-import { applyRestarts, isSessionStart } from '../../src/core/logging/session-log';
+import { isSessionStart } from '../../src/core/logging/session-log';
 import type { RunEvent } from '../../src/worker/protocol';
 import type { BrowserSession } from './harness';
 import { importFixtureModel, openApp, startedApp, trainInPage } from './support/train';
+import { curvesOf, eventsOf, exportedFiles, storedRuns } from './support/run-files';
 
 // Exact resume in the real app (wasm, where the issue asks for bit-for-bit): a tab training a run is closed mid-run
 // with no stop and no pause; a new tab of the same profile shows the run interrupted with a Resume button; resuming
@@ -21,50 +21,6 @@ beforeAll(async () => {
   browser = await openApp();
 });
 afterAll(async () => browser?.close());
-
-async function storedRuns(page: Page): Promise<{ id: string; status: string; interruptions?: { at_step: number; resumed_from_step: number }[] }[]> {
-  return page.evaluate(
-    () =>
-      new Promise((resolve, reject) => {
-        const open = indexedDB.open('lora-lab');
-        open.onerror = () => reject(open.error);
-        open.onsuccess = () => {
-          const request = open.result.transaction('runs', 'readonly').objectStore('runs').getAll();
-          request.onsuccess = () => {
-            open.result.close();
-            resolve(request.result);
-          };
-          request.onerror = () => reject(request.error);
-        };
-      }),
-  );
-}
-
-async function exported(page: Page, runId: string): Promise<Map<string, Uint8Array>> {
-  const files = await page.evaluate(async (id) => {
-    const { files } = await window.loraLab!.call('exportRun', { runId: id });
-    // A merged model's files come as Blobs (OutputFile): read whole here, the test files are small.
-    return Promise.all(files.map(async (f) => ({ path: f.path, bytes: Array.from(f.bytes instanceof Blob ? new Uint8Array(await f.bytes.arrayBuffer()) : f.bytes) })));
-  }, runId);
-  return new Map(files.map((f) => [f.path, Uint8Array.from(f.bytes)]));
-}
-
-/** metrics.csv rows without tokens_per_second (a clock reading). */
-function curves(files: Map<string, Uint8Array>): string[][] {
-  const rows = new TextDecoder().decode(files.get('metrics.csv')).trim().split('\n').map((l) => l.split(','));
-  const drop = rows[0]!.indexOf('tokens_per_second');
-  return rows.map((r) => r.filter((_, i) => i !== drop));
-}
-
-/** The log as TensorBoard keeps it, clock readings (wall times, tokens per second) left out. */
-function events(files: Map<string, Uint8Array>): unknown[] {
-  const path = [...files.keys()].find((p) => p.startsWith('logs/'))!;
-  return applyRestarts(readEventFile(path, files.get(path)!))
-    .filter((e) => !isSessionStart(e))
-    .map(({ wallTime: _, ...rest }) =>
-      rest.kind === 'summary' ? { ...rest, values: rest.values.map((v) => (v.tag === 'train/tokens_per_second' ? { ...v, value: 'clock' } : v)) } : rest,
-    );
-}
 
 test('a tab closed mid-run: the next tab resumes the run, which then writes what an uninterrupted run writes', async () => {
   const trainer = browser.page;
@@ -114,13 +70,13 @@ test('a tab closed mid-run: the next tab resumes the run, which then writes what
     .toBe(`interrupted after step ${at_step}, resumed from step ${resumed_from_step}`);
   await expect(row.getByRole('button', { name: /^Resume / }).count()).resolves.toBe(0);
 
-  const resumed = await exported(viewer, interrupted!.id);
+  const resumed = await exportedFiles(viewer, interrupted!.id);
   const straight = await trainInPage(viewer, { modelId, configYaml: CONFIG, train: { name: 'phrases.txt', text: TEXT }, val: null });
   expect(straight.steps).toBe(STEPS);
   expect(resumed.get('adapter_model.safetensors')).toEqual(straight.files.get('adapter_model.safetensors'));
-  expect(curves(resumed)).toEqual(curves(straight.files));
-  expect(curves(resumed).slice(1).map((r) => Number(r[0]))).toEqual(Array.from({ length: STEPS }, (_, i) => i + 1));
-  expect(events(resumed)).toEqual(events(straight.files));
+  expect(curvesOf(resumed)).toEqual(curvesOf(straight.files));
+  expect(curvesOf(resumed).slice(1).map((r) => Number(r[0]))).toEqual(Array.from({ length: STEPS }, (_, i) => i + 1));
+  expect(eventsOf(resumed)).toEqual(eventsOf(straight.files));
   // Each step once even for a reader that ignores TensorBoard's restart rule: the log was cut back at the resume.
   const logPath = [...resumed.keys()].find((p) => p.startsWith('logs/'))!;
   const raw = readEventFile(logPath, resumed.get(logPath)!);

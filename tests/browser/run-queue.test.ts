@@ -4,6 +4,7 @@ import type { Page } from 'playwright-core';
 import { afterAll, beforeAll, expect, test } from 'vitest';
 import { parseEventFiles } from '../../src/storage/imported-logs';
 import type { BrowserSession } from './harness';
+import { storedRuns } from './support/run-files';
 import { importFixtureModel, openApp } from './support/train';
 
 let browser: BrowserSession;
@@ -29,24 +30,9 @@ function queueShown(page: Page): Promise<string[]> {
   );
 }
 
-/** Stored runs by name, in the order the worker created them (read from IndexedDB as any tab could). */
-function storedRunsInOrder(page: Page): Promise<{ name: string; status: string; step: number }[]> {
-  return page.evaluate(
-    () =>
-      new Promise((resolve, reject) => {
-        const open = indexedDB.open('lora-lab');
-        open.onerror = () => reject(open.error);
-        open.onsuccess = () => {
-          const request = open.result.transaction('runs', 'readonly').objectStore('runs').getAll();
-          request.onsuccess = () => {
-            open.result.close();
-            const runs = request.result as { name: string; status: string; step: number; createdAt: number }[];
-            resolve(runs.sort((a, b) => a.createdAt - b.createdAt).map(({ name, status, step }) => ({ name, status, step })));
-          };
-          request.onerror = () => reject(request.error);
-        };
-      }),
-  );
+/** Stored runs by name, in the order the worker created them. */
+async function storedRunsInOrder(page: Page): Promise<{ name: string; status: string; step: number }[]> {
+  return (await storedRuns(page)).sort((a, b) => a.createdAt - b.createdAt).map(({ name, status, step }) => ({ name, status, step }));
 }
 
 test('two queued configs, reordered from the keyboard, train to completion one after the other; the queue survives a reload', async () => {

@@ -28,6 +28,7 @@ import { SD_FIXTURES, TINY_SD } from './support/diffusers-folder';
 import { filesOnDisk } from './support/disk-files';
 import { decodePngRgba } from './support/png';
 import { runContext } from './support/run-context';
+import { crashingRun } from './support/dying-tab';
 
 // An image run's resume, end to end in Node (wasm backend, fake-indexeddb), as resume-run.test.ts checks a text
 // run's: the tab dies after step 7 (nothing graceful: every storage call from then on never answers), the next
@@ -107,43 +108,6 @@ function resume(runId: string, onEvent?: (e: RunEvent) => void) {
   return resumeImageRun(db, runId, runContext(onEvent), localLocks(), { decode });
 }
 
-/** Anything a dead tab asks for: every property is another void, every call or await never answers. */
-const VOID: unknown = new Proxy(() => undefined, { get: () => VOID, apply: () => new Promise(() => undefined) });
-
-/** The database as a tab sees it until it dies: from `dead()` on, no call ever answers (no error, no stop message). */
-function mortal(real: LoraLabDb, dead: () => boolean): LoraLabDb {
-  return new Proxy(real, {
-    get(target, prop) {
-      const value: unknown = Reflect.get(target, prop);
-      if (typeof value !== 'function') return value;
-      // idb's methods find the underlying IDBDatabase through `this`, so they must stay bound to idb's own proxy.
-      return (...args: unknown[]) => (dead() ? VOID : (value as (...a: unknown[]) => unknown).apply(target, args));
-    },
-  });
-}
-
-/** Starts a run in a tab that dies as step `crashAfter + 1` ends (before anything of it is stored); resolves with its id. */
-async function crashingRun(inputs: Inputs, crashAfter: number): Promise<string> {
-  let dead = false;
-  let runId: string | null = null;
-  let resolveFailure!: (e: unknown) => void;
-  const failed = new Promise<unknown>((resolve) => (resolveFailure = resolve));
-  const reachedCrash = new Promise<void>((resolve) => {
-    // Never settles: the dead tab's run is left hanging, as the page's JavaScript is when a tab is killed.
-    train(mortal(db, () => dead), inputs, (e) => {
-      if (e.kind === 'started') runId = e.runId;
-      if (e.kind === 'step' && e.step === crashAfter + 1) {
-        dead = true;
-        resolve();
-      }
-    }).catch((e: unknown) => resolveFailure(e));
-  });
-  // A run that failed instead of hanging would be a broken test, not a crash: say so.
-  const outcome = await Promise.race([reachedCrash.then(() => 'crashed'), failed]);
-  if (outcome !== 'crashed') throw outcome;
-  return runId!;
-}
-
 const byPath = (files: readonly ExportedFile[]) => new Map(files.map((f) => [f.path, f.bytes]));
 const text = (bytes: Uint8Array | string | undefined) => (typeof bytes === 'string' ? bytes : new TextDecoder().decode(bytes));
 
@@ -185,7 +149,7 @@ describe('resuming an interrupted image run', () => {
     const expected = byPath(await exportRunFiles(db, straight.runId));
     const expectedArtifacts = await artifacts(straight.runId);
 
-    const runId = await crashingRun(inputs, 7);
+    const runId = await crashingRun(db, (tab, onEvent) => train(tab, inputs, onEvent), 7);
     // The next tab starts: its sweep finds the dead tab's image run as it finds a text run.
     expect(await markInterruptedRuns(db, localLocks())).toBe(1);
     const interrupted = (await getRun(db, runId))!;
@@ -256,7 +220,7 @@ describe('resuming an interrupted image run', () => {
     expect(scalarSeries(raw).get('eval/loss')!.map((p) => p.step)).toEqual([0, 2, 4, 6, 8, 10]);
 
     // Killed before its first checkpoint (step 3): it trains again from step 0 in the same record, replacing all it had.
-    const early = await crashingRun(inputs, 1);
+    const early = await crashingRun(db, (tab, onEvent) => train(tab, inputs, onEvent), 1);
     expect(await markInterruptedRuns(db, localLocks())).toBe(1);
     expect(await listCheckpoints(db, early)).toEqual([]);
     const again: RunEvent[] = [];
@@ -271,7 +235,7 @@ describe('resuming an interrupted image run', () => {
 
   it('refuses a run on folders picked for it alone, saying they were not stored, and changes nothing', { timeout: 300_000 }, async () => {
     const inputs = { model: picked(TINY_SD, 'tiny-sd'), train: picked(join(SD_FIXTURES, 'data-stripes'), 'data-stripes'), val: picked(join(SD_FIXTURES, 'data-stripes-heldout'), 'heldout') };
-    const runId = await crashingRun(inputs, 1);
+    const runId = await crashingRun(db, (tab, onEvent) => train(tab, inputs, onEvent), 1);
     await markInterruptedRuns(db, localLocks());
     const before = (await getRun(db, runId))!;
     expect(before).toMatchObject({ status: 'interrupted', modelId: '', imageData: { train: null, val: null, valPicked: true } });

@@ -14,6 +14,7 @@ import { resumeRequestOf } from '../../src/worker/resume';
 import { exportRunFiles } from '../../src/worker/run-files';
 import { runContext, trainPinned } from './support/run-context';
 import { freshDbWithTinyGpt2 } from './support/stored-model';
+import { crashingRun } from './support/dying-tab';
 
 // The worker's resume, end to end in Node (cpu backend, fake-indexeddb): a run whose tab dies after step 5 (nothing
 // graceful: every storage call from then on simply never answers), marked interrupted by the next tab's sweep and
@@ -66,43 +67,6 @@ async function resume(runId: string, onEvent?: (e: RunEvent) => void) {
   return trainPinned(db, resumeRequestOf(run), runContext(onEvent), localLocks(), run);
 }
 
-/** Anything a dead tab asks for: every property is another void, every call or await never answers. */
-const VOID: unknown = new Proxy(() => undefined, { get: () => VOID, apply: () => new Promise(() => undefined) });
-
-/** The database as a tab sees it until it dies: from `dead()` on, no call ever answers (no error, no stop message). */
-function mortal(real: LoraLabDb, dead: () => boolean): LoraLabDb {
-  return new Proxy(real, {
-    get(target, prop) {
-      const value: unknown = Reflect.get(target, prop);
-      if (typeof value !== 'function') return value;
-      // idb's methods find the underlying IDBDatabase through `this`, so they must stay bound to idb's own proxy.
-      return (...args: unknown[]) => (dead() ? VOID : (value as (...a: unknown[]) => unknown).apply(target, args));
-    },
-  });
-}
-
-/** Starts a run in a tab that dies as step `crashAfter + 1` ends (before anything of it is stored); resolves with its id. */
-async function crashingRun(yaml: string, crashAfter: number): Promise<string> {
-  let dead = false;
-  let runId: string | null = null;
-  let resolveFailure!: (e: unknown) => void;
-  const failed = new Promise<unknown>((resolve) => (resolveFailure = resolve));
-  const reachedCrash = new Promise<void>((resolve) => {
-    // Never settles: the dead tab's run is left hanging, as the page's JavaScript is when a tab is killed.
-    train(mortal(db, () => dead), yaml, (e) => {
-      if (e.kind === 'started') runId = e.runId;
-      if (e.kind === 'step' && e.step === crashAfter + 1) {
-        dead = true;
-        resolve();
-      }
-    }).catch((e: unknown) => resolveFailure(e));
-  });
-  // A run that failed instead of hanging would be a broken test, not a crash: say so.
-  const outcome = await Promise.race([reachedCrash.then(() => 'crashed'), failed]);
-  if (outcome !== 'crashed') throw outcome;
-  return runId!;
-}
-
 const byPath = (files: readonly ExportedFile[]) => new Map(files.map((f) => [f.path, f.bytes]));
 const text = (bytes: Uint8Array | undefined) => new TextDecoder().decode(bytes);
 
@@ -134,7 +98,7 @@ describe('resuming an interrupted run in the worker', () => {
     expect(straight).toMatchObject({ reason: 'completed', steps: 8 });
     const expected = byPath(await exportRunFiles(db, straight.runId));
 
-    const runId = await crashingRun(config(), 5);
+    const runId = await crashingRun(db, (tab, onEvent) => train(tab, config(), onEvent), 5);
     // The next tab starts: its sweep finds the dead tab's run.
     expect(await markInterruptedRuns(db, localLocks())).toBe(1);
     expect((await getRun(db, runId))!.status).toBe('interrupted');
@@ -191,7 +155,7 @@ describe('resuming an interrupted run in the worker', () => {
   it('with no checkpoint yet, trains again from step 0 in the same record, replacing everything it had stored', async () => {
     const straight = await train(db, config({ save_steps: 0 }));
     const expected = byPath(await exportRunFiles(db, straight.runId));
-    const runId = await crashingRun(config({ save_steps: 0 }), 2);
+    const runId = await crashingRun(db, (tab, onEvent) => train(tab, config({ save_steps: 0 }), onEvent), 2);
     await markInterruptedRuns(db, localLocks());
     expect(await listCheckpoints(db, runId)).toEqual([]);
     expect(await resume(runId)).toEqual({ runId, reason: 'completed', steps: 8 });
