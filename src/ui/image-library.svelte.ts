@@ -123,6 +123,12 @@ class ImageLibraryStore {
     await engine.refreshStorage();
   }
 
+  async deleteAdapter(modelId: string, name: string): Promise<void> {
+    await this.guard(() => engine.client.call('deleteImageAdapter', { modelId, name }));
+    await this.refreshAdapters(modelId);
+    await engine.refreshStorage();
+  }
+
   async deleteDataset(id: string): Promise<void> {
     await this.guard(() => engine.client.call('deleteImageDataset', { datasetId: id }));
     await this.refresh();

@@ -15,6 +15,7 @@ import { estimateStoredRun, importDatasetFile, previewStoredDataset } from './da
 import { ModelSlot } from './loaded-model';
 import { evaluateStoredAdapter, importAdapterFiles } from './stored-adapters';
 import { importImageAdapter, listStoredImageAdapters } from './image-adapters';
+import { deleteImageAdapter } from '../storage/image-adapters';
 import { asTheOneTrainer } from './one-trainer';
 import type { ErrorDetail, Request, RequestName, Requests, Response, RunControl, ToWorker } from './protocol';
 import { resumeRequestOf } from './resume';
@@ -199,6 +200,11 @@ const handlers: { [K in RequestName]: Handler<K> } = {
 
   async listImageAdapters({ modelId }) {
     return { adapters: await listStoredImageAdapters(await openDatabase(), modelId) };
+  },
+
+  async deleteImageAdapter({ modelId, name }) {
+    await deleteImageAdapter(await openDatabase(), modelId, name);
+    return { name };
   },
 
   async listImageLibrary() {

@@ -161,6 +161,8 @@ export interface Requests {
   importImageAdapter: { payload: ImageAdapterImportRequest; result: { adapter: ImageAdapterInfo } };
   /** The image LoRAs stored with an SD model, newest first (what `init_adapter` may name). */
   listImageAdapters: { payload: { modelId: string }; result: { adapters: ImageAdapterInfo[] } };
+  /** Deletes one image LoRA of an SD model (a run that started from it has read it already). */
+  deleteImageAdapter: { payload: { modelId: string; name: string }; result: { name: string } };
   /** Deletes a Stable Diffusion model and the latents cached with it; refused while a run trains on it. */
   deleteDiffusionModel: { payload: { modelId: string }; result: { modelId: string } };
   /** Reads an image folder (captions, repeats), decodes every image once, then stores it in the library. */

@@ -21,7 +21,7 @@ afterAll(() => browser?.close());
 
 const alertText = (panel: import('playwright-core').Locator) => panel.locator('.error[role=alert]').first().textContent();
 
-test('refused imports say why and store nothing; kohya and PEFT LoRAs list with their shapes; a model is deleted once confirmed', async () => {
+test('refused imports say why and store nothing; kohya and PEFT LoRAs list with their shapes and are deleted one by one; a model is deleted once confirmed', async () => {
   const { page } = browser;
   const panel = page.getByTestId('image-lora');
   const library = panel.getByTestId('image-library');
@@ -70,6 +70,22 @@ test('refused imports say why and store nothing; kohya and PEFT LoRAs list with 
   expect(await panel.getByTestId('image-config').inputValue()).toMatch(/^init_adapter: stripes-peft\s+#/m);
   await library.getByRole('button', { name: 'Start fresh instead of from stripes-peft' }).click();
   expect(await panel.getByTestId('image-config').inputValue()).not.toMatch(/^init_adapter:/m);
+
+  // Deleting the LoRA the run starts from asks first, removes it from the library and starts the run fresh.
+  await library.getByRole('button', { name: 'Start from stripes-kohya' }).click();
+  const askedForLora: string[] = [];
+  page.once('dialog', (d) => {
+    askedForLora.push(d.message());
+    void d.accept();
+  });
+  await library.getByRole('button', { name: 'Delete stripes-kohya' }).click();
+  await expect.poll(() => adapters.count(), { timeout: 30_000 }).toBe(1);
+  expect(askedForLora).toEqual([expect.stringMatching(/^Delete the image LoRA "stripes-kohya" of tiny-sd/)]);
+  expect(await adapters.first().textContent()).toMatch(/stripes-peft/);
+  expect(await panel.getByTestId('image-config').inputValue()).not.toMatch(/^init_adapter:/m);
+  const modelId = await library.getByRole('radio', { name: /^tiny-sd\b/ }).getAttribute('value');
+  const stored = await page.evaluate((id) => window.loraLab!.call('listImageAdapters', { modelId: id! }), modelId);
+  expect(stored.adapters.map((a) => a.name)).toEqual(['stripes-peft']);
 
   // Declining the confirmation keeps the model; accepting deletes it, its LoRAs and the choice.
   page.once('dialog', (d) => void d.dismiss());
